@@ -1,0 +1,171 @@
+"""A run is a small DAG of stages; each stage's artefacts are cached under a config-derived key.
+
+Why hand-written: neither Hydra nor Lightning caches the outputs of pipeline steps by the config values
+that affect them (audiocraft's "config-derived identity" idea, applied per stage).
+
+A stage declares the config paths it reads and the stages it needs. Its key hashes those config values
+and the keys of its dependencies, so changing a knob recomputes that stage and everything downstream,
+and nothing upstream. A stage writes into a stable folder (so an interrupted stage can resume from its
+own checkpoints) and is complete only when its `_SUCCESS.json` marker exists (written atomically last).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from spae.hashing import stable_hash
+from spae.io import read_json, write_json_atomic
+from spae.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS.json"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    fn: Callable[["StageContext"], dict]
+    deps: tuple[str, ...] = ()
+    config_keys: tuple[str, ...] = ()
+    version: int = 1  # bump when the stage's code changes what it produces
+
+
+@dataclass
+class StageResult:
+    name: str
+    key: str
+    dir: Path
+    summary: dict
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class StageContext:
+    cfg: dict  # the full resolved config, plain containers
+    out_dir: Path  # this stage's cache folder (stable across reruns: resume from here)
+    run_dir: Path  # the run's folder (results, logs)
+    inputs: dict[str, StageResult] = field(default_factory=dict)
+    logger: Any = None  # experiment logger facade (spae.logging_utils.RunLogger) or None
+
+    def input_dir(self, name: str) -> Path:
+        return self.inputs[name].dir
+
+
+STAGES: Registry[StageSpec] = Registry("stage")
+
+
+def stage(name: str, deps: tuple[str, ...] = (), config_keys: tuple[str, ...] = (), version: int = 1):
+    """Decorator that registers a stage function."""
+
+    def decorator(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
+        STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version))
+        return fn
+
+    return decorator
+
+
+def select(cfg: dict, dotted: str) -> Any:
+    """Value at a dotted path of a nested dict, None where any part is missing."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def resolve_order(targets: list[str]) -> list[str]:
+    """Topological order of the targets and all their transitive dependencies."""
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise ValueError(f"stage dependency cycle through {name!r}")
+        visiting.add(name)
+        for dep in STAGES.get(name).deps:
+            visit(dep)
+        visiting.discard(name)
+        order.append(name)
+
+    for target in targets:
+        visit(target)
+    return order
+
+
+def stage_key(spec: StageSpec, cfg: dict, dep_keys: dict[str, str]) -> str:
+    identity = {
+        "stage": spec.name,
+        "version": spec.version,
+        "config": {k: select(cfg, k) for k in spec.config_keys},
+        "deps": {d: dep_keys[d] for d in spec.deps},
+    }
+    return stable_hash(identity, length=16)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Inter-process lock: two runs that need the same artefact never write it concurrently."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stage_dir(cache_dir: Path, name: str, key: str) -> Path:
+    return Path(cache_dir) / "stages" / name / key
+
+
+def run_stages(
+    targets: list[str],
+    cfg: dict,
+    cache_dir: Path,
+    run_dir: Path,
+    logger: Any = None,
+    force: tuple[str, ...] = (),
+) -> dict[str, StageResult]:
+    """Run (or reuse) the targets and their dependencies in order. Returns results by stage name."""
+    results: dict[str, StageResult] = {}
+    keys: dict[str, str] = {}
+    for name in resolve_order(targets):
+        spec = STAGES.get(name)
+        key = stage_key(spec, cfg, keys)
+        keys[name] = key
+        out_dir = stage_dir(cache_dir, name, key)
+        results[name] = _run_one(spec, key, out_dir, cfg, run_dir, results, logger, name in force)
+    return results
+
+
+def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageResult:
+    marker = out_dir / SUCCESS
+    with _exclusive(out_dir.parent / f"{key}.lock"):
+        if marker.exists() and not force:
+            done = read_json(marker)
+            log.info("stage %-12s reused  %s", spec.name, out_dir)
+            return StageResult(spec.name, key, out_dir, done["summary"], True, 0.0)
+        if force and marker.exists():
+            marker.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log.info("stage %-12s running -> %s", spec.name, out_dir)
+        ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir,
+                           inputs={d: results[d] for d in spec.deps}, logger=logger)
+        start = time.perf_counter()
+        summary = spec.fn(ctx) or {}
+        seconds = time.perf_counter() - start
+        identity = {k: select(cfg, k) for k in spec.config_keys}
+        write_json_atomic(marker, {"stage": spec.name, "key": key, "seconds": seconds,
+                                   "config": identity, "summary": summary})
+        log.info("stage %-12s done in %.1fs", spec.name, seconds)
+        return StageResult(spec.name, key, out_dir, summary, False, seconds)

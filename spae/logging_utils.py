@@ -1,0 +1,128 @@
+"""One logging facade per run: W&B (offline by default, online on request), CSV, or nothing.
+
+Training stages get a matching Lightning logger from `lightning_logger()`; evaluation stages log
+metrics, tables and images through the same object, so W&B receives exactly the numbers of results.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SECRET_PATTERN = re.compile(r"(api[_-]?key|secret|token|password)", re.IGNORECASE)
+
+
+def redact(obj: Any) -> Any:
+    """Drop values whose key looks like a secret. Keys name env vars in our configs, never values,
+    but a user override could still put a secret in; it must not reach W&B or results."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if _SECRET_PATTERN.search(str(k)) and not str(k).endswith("_env")
+                    else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+class RunLogger:
+    def __init__(self, kind: str, run_dir: Path, run_id: str, cfg: dict):
+        self.kind = kind
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.cfg = redact(cfg)
+        self._wandb_run = None
+
+    @classmethod
+    def from_config(cls, cfg: dict, run_dir: Path, run_id: str) -> "RunLogger":
+        kind = (cfg.get("logger") or {}).get("kind", "none")
+        return cls(kind, run_dir, run_id, cfg)
+
+    # context manager: start/finish the W&B run
+    def __enter__(self) -> "RunLogger":
+        if self.kind == "wandb":
+            self._start_wandb()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def _start_wandb(self) -> None:
+        import wandb
+
+        opts = self.cfg.get("logger", {})
+        mode = opts.get("mode", "offline")
+        if self.cfg.get("offline", True) and mode == "online":
+            raise ValueError("logger=wandb (online) conflicts with offline=true; use logger=wandb_offline "
+                             "or set offline=false")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._wandb_run = wandb.init(
+            project=opts.get("project", "spae"), entity=opts.get("entity"), group=opts.get("group"),
+            name=self.run_id, id=self.run_id[-40:].replace("/", "-") + "-" + _attempt_suffix(self.run_dir),
+            dir=str(self.run_dir), mode=mode, config=self.cfg, reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        flat = _flatten(metrics)
+        self._append_jsonl({"step": step, **flat})
+        if self._wandb_run is not None:
+            self._wandb_run.log(flat, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def log_image(self, name: str, path: str | Path, caption: str | None = None) -> None:
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({name: wandb.Image(str(path), caption=caption)})
+
+    def log_results(self, results: dict) -> None:
+        self.log_metrics({"results": results.get("metrics", {})})
+        if self._wandb_run is not None:
+            self._wandb_run.summary.update(_flatten({"results": results.get("metrics", {})}))
+
+    def lightning_logger(self, save_dir: Path) -> Any:
+        """A Lightning logger writing beside the stage's artefacts (False when logging is off)."""
+        from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+        if self.kind == "wandb" and self._wandb_run is not None:
+            return WandbLogger(experiment=self._wandb_run, save_dir=str(save_dir))
+        if self.kind in ("csv", "wandb"):
+            return CSVLogger(save_dir=str(save_dir), name="logs")
+        return False
+
+    def _append_jsonl(self, record: dict) -> None:
+        if self.kind == "none":
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def _attempt_suffix(run_dir: Path) -> str:
+    """W&B run ids must be unique per attempt; reruns of the same config are new W&B runs."""
+    count_file = Path(run_dir) / ".wandb_attempts"
+    count = int(count_file.read_text()) + 1 if count_file.exists() else 1
+    count_file.write_text(str(count))
+    return f"{count}-{os.getpid()}"
+
+
+def _flatten(obj: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in obj.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, name))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = value
+    return out
