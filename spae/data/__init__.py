@@ -1,0 +1,72 @@
+"""Data adapters: every dataset (embedded, HF hub, local) as a datasets.Dataset with uniform columns.
+
+    from spae.data import load_split, class_names
+    ds = load_split(spec, "train", offline=True, limit=1000, seed=0)
+
+`spec` is a conf/dataset/*.yaml dict; columns are spae.data.schema.COLUMNS.
+"""
+from __future__ import annotations
+
+import datasets
+
+# Importing the adapter modules registers them.
+from spae.data import easy_vqa, fashion_mnist, hf, imagefolder, mnist  # noqa: F401
+from spae.data.hf import OfflineDatasetError
+from spae.data.prepared import load_prepared, save_prepared
+from spae.data.registry import ADAPTERS
+from spae.data.schema import COLUMNS, FEATURES, check_uniform
+from spae.data.subset import stratified_indices
+
+SPLITS = ("train", "eval")
+
+__all__ = ["ADAPTERS", "COLUMNS", "FEATURES", "OfflineDatasetError", "class_names", "explode_qa",
+           "load_prepared", "load_split", "save_prepared", "split_name"]
+
+
+def split_name(spec: dict, split: str) -> str:
+    """"train"/"eval" -> the dataset's own split name (spec train_split / eval_split)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    key = f"{split}_split"
+    if not spec.get(key):
+        raise ValueError(f"dataset spec {spec.get('name')!r} has no {key}")
+    return str(spec[key])
+
+
+def load_split(spec: dict, split: str, *, offline: bool = True, limit: int | None = None,
+               seed: int = 0) -> datasets.Dataset:
+    """One split of a dataset with the uniform columns; `limit` keeps a seeded, label-stratified subset."""
+    if not isinstance(spec, dict) or "adapter" not in spec:
+        raise ValueError(f"a dataset spec is a conf/dataset/*.yaml dict with an `adapter` key; got {spec!r}")
+    loader = ADAPTERS.get(spec["adapter"])
+    ds = check_uniform(loader(spec, split_name(spec, split), offline))
+    if limit is not None and limit < len(ds):
+        ds = ds.select(stratified_indices(ds["label"], int(limit), seed))
+    return ds
+
+
+def class_names(ds: datasets.Dataset) -> list[str]:
+    """The unique non-empty label names ordered by label id: names[label] == label_name whenever
+    every class id 0..K-1 occurs in `ds` (a tiny subset may miss some; then the order is still by id)."""
+    by_id: dict[int, str] = {}
+    for label, name in zip(ds["label"], ds["label_name"]):
+        if name and by_id.setdefault(label, name) != name:
+            raise ValueError(f"label {label} has two names: {by_id[label]!r} and {name!r}")
+    names = [by_id[i] for i in sorted(by_id)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two label ids share a name: {names}")
+    return names
+
+
+def explode_qa(ds: datasets.Dataset) -> datasets.Dataset:
+    """One row per (image, question, answer): `question` and `answer` (str) replace the lists.
+    Rows without questions disappear. Images are not decoded."""
+    counts = [len(q) for q in ds["questions"]]
+    rows = [i for i, c in enumerate(counts) for _ in range(c)]
+    questions = [q for qs in ds["questions"] for q in qs]
+    answers = [a for ans in ds["answers"] for a in ans]
+    if len(questions) != len(answers):
+        raise ValueError("questions and answers are not aligned in this dataset")
+    exploded = ds.select(rows).remove_columns(["questions", "answers"])
+    exploded = exploded.add_column("question", questions, feature=datasets.Value("string"))
+    return exploded.add_column("answer", answers, feature=datasets.Value("string"))

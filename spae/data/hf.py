@@ -1,0 +1,230 @@
+"""Any Hugging Face dataset (hub id online, or a local copy) mapped onto the uniform columns.
+
+Local copies: a save_to_disk folder (Dataset or DatasetDict, or one such folder per split), a folder of
+parquet files (splits from the file names, as datasets infers them), a single .parquet file, or an
+imagefolder. Spec keys: hub_id, path, config_name, image_column, label_column, caption_column,
+question_column, answer_column, group_column (rows sharing this value, e.g. VQAv2's image_id, become
+one row whose questions/answers are merged), label_names (for plain int labels), first_synonym,
+offline_alternative (named in the offline error).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import ClassLabel, Image, List, Value
+
+from spae.data.labels import readable_name
+from spae.data.registry import ADAPTERS
+from spae.data.schema import (CAPTION_REAL, CAPTION_TEMPLATED, COLUMNS, FEATURES, NO_LABEL, check_uniform,
+                              with_article)
+
+log = logging.getLogger(__name__)
+
+GROUP = "_group"
+LABELLED_CAPTION = "a photo of {}"  # templated caption for labelled data without captions
+
+
+class OfflineDatasetError(ValueError):
+    """A dataset that needs the network was asked for in offline mode."""
+
+
+# ---------------------------------------------------------------- finding the raw split
+
+def hf_cache_dir(spec: dict) -> str | None:
+    return str(Path(spec["cache_dir"]) / "hf") if spec.get("cache_dir") else None
+
+
+def pick_split(splits: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
+    if split in splits:
+        return splits[split]
+    if len(splits) == 1:
+        (only,) = splits
+        log.warning("%s has only the split %r; using it for the requested split %r", where, only, split)
+        return splits[only]
+    raise ValueError(f"{where} has no split {split!r}; it has {sorted(splits)}. Set the dataset spec's "
+                     "train_split/eval_split to one of them.")
+
+
+def load_local(path: Path, split: str, spec: dict) -> datasets.Dataset:
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist; point the dataset spec's path at a "
+                                "save_to_disk folder, a folder of parquet files or an imagefolder")
+    if (path / "state.json").exists():
+        log.warning("%s is a single saved Dataset; using it for split %r", path, split)
+        return datasets.load_from_disk(str(path))
+    if (path / "dataset_dict.json").exists():
+        return pick_split(datasets.load_from_disk(str(path)), split, str(path))
+    if (path / split / "state.json").exists():
+        return datasets.load_from_disk(str(path / split))
+    if path.is_file() and path.suffix == ".parquet":
+        return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=hf_cache_dir(spec))
+    # A folder of parquet/csv/json files or images: datasets infers the builder and the splits.
+    loaded = datasets.load_dataset(str(path), cache_dir=hf_cache_dir(spec))
+    return pick_split(loaded, split, str(path))
+
+
+def offline_error(spec: dict) -> OfflineDatasetError:
+    name = spec.get("name", "this dataset")
+    alternative = spec.get("offline_alternative") or "data=embedded: fashion_mnist, easy_vqa, mnist"
+    where = spec.get("config_path") or "data.<role>"  # where the spec sits in the config, if known
+    return OfflineDatasetError(
+        f"dataset {name!r} comes from the Hugging Face hub ({spec.get('hub_id')}) and offline=true, so "
+        f"nothing is downloaded. Use the embedded alternative ({alternative}), or save a copy once online "
+        f"(datasets.load_dataset({spec.get('hub_id')!r}).save_to_disk(DIR)) and point {where}.path=DIR at "
+        f"it (a folder of parquet files or an imagefolder works too), or run with offline=false.")
+
+
+def load_raw(spec: dict, split: str, offline: bool) -> datasets.Dataset:
+    if spec.get("path"):
+        return load_local(Path(os.path.expanduser(str(spec["path"]))), split, spec)
+    hub_id = spec.get("hub_id")
+    if not hub_id:
+        raise ValueError(f"dataset {spec.get('name')!r} has neither `path` (a local copy) nor `hub_id`")
+    if offline:
+        raise offline_error(spec)
+    return datasets.load_dataset(hub_id, name=spec.get("config_name"), split=split,
+                                 cache_dir=hf_cache_dir(spec))
+
+
+# ---------------------------------------------------------------- mapping onto the uniform columns
+
+def require_columns(raw: datasets.Dataset, spec: dict, where: str) -> dict[str, str | None]:
+    wanted = {"image": spec.get("image_column") or "image"}
+    for role in ("label", "caption", "question", "answer", "group"):
+        wanted[role] = spec.get(f"{role}_column")
+    for role, column in wanted.items():
+        if column is not None and column not in raw.column_names:
+            raise ValueError(f"{where}: the {role} column {column!r} is not in the dataset; its columns are "
+                             f"{raw.column_names}. Set the spec's {role}_column to one of them.")
+    return wanted
+
+
+def label_vocabulary(raw: datasets.Dataset, column: str, spec: dict) -> tuple[list[str], dict | None]:
+    """(class names in id order, raw value -> id map or None when raw values already are the ids)."""
+    feature = raw.features[column]
+    style = {"separators": spec.get("label_separators", "_"), "first_synonym": bool(spec.get("first_synonym"))}
+    if spec.get("label_names"):
+        return [readable_name(n, **style) for n in spec["label_names"]], None
+    if isinstance(feature, ClassLabel):
+        return [readable_name(n, **style) for n in feature.names], None
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        values = sorted(v for v in raw.unique(column) if v is not None and str(v).strip())
+        return [readable_name(v, **style) for v in values], {v: i for i, v in enumerate(values)}
+    raise ValueError(f"label column {column!r} holds {feature} without class names; give the dataset spec "
+                     "`label_names: [...]` (one real word or phrase per label id)")
+
+
+def as_text_list(value: Any) -> list[str]:
+    """A caption/answer cell -> list of strings (str, list of str, or VQAv2-style [{'answer': ...}])."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, dict):
+        for key in ("answer", "raw", "caption", "text"):
+            if key in value:
+                return as_text_list(value[key])
+        raise ValueError(f"cannot read text from {value!r}")
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in as_text_list(v)]
+    return [str(value)]
+
+
+def consensus(values: list[str]) -> str:
+    """The most frequent answer (VQA's ten annotator answers -> one target), first on ties."""
+    return Counter(values).most_common(1)[0][0] if values else ""
+
+
+def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datasets.Dataset:
+    """Map a raw HF split onto the uniform columns; images pass through without being decoded."""
+    cols = require_columns(raw, spec, where)
+    names, to_id = label_vocabulary(raw, cols["label"], spec) if cols["label"] else ([], None)
+
+    inputs = [c for c in dict.fromkeys(cols[r] for r in ("label", "caption", "question", "answer", "group")) if c]
+
+    def convert(*args) -> dict:
+        # map passes only the `inputs` columns (never the image bytes), then the row indices.
+        *columns, indices = args
+        batch, n = dict(zip(inputs, columns)), len(indices)
+        out: dict[str, list] = {}
+        if cols["label"]:
+            raw_labels = batch[cols["label"]]
+            ids = [NO_LABEL if v is None else int(to_id[v] if to_id is not None else v) for v in raw_labels]
+            for i in ids:
+                if i >= len(names) or i < NO_LABEL:
+                    raise ValueError(f"{where}: label id {i} has no class name ({len(names)} names)")
+        else:
+            ids = [NO_LABEL] * n
+        out["label"] = ids
+        out["label_name"] = [names[i] if i >= 0 else "" for i in ids]
+        if cols["caption"]:
+            caps = [as_text_list(v) for v in batch[cols["caption"]]]
+            source = CAPTION_REAL
+        elif cols["label"]:
+            caps = [[LABELLED_CAPTION.format(with_article(nm))] if nm else [] for nm in out["label_name"]]
+            source = CAPTION_TEMPLATED
+        else:
+            caps, source = [[] for _ in range(n)], ""
+        out["captions"] = caps
+        out["caption"] = [c[0] if c else "" for c in caps]
+        out["caption_source"] = [source if c else "" for c in caps]
+        if cols["question"]:
+            out["questions"] = [as_text_list(q)[:1] for q in batch[cols["question"]]]
+            answers = [consensus(as_text_list(a)) for a in batch[cols["answer"]]] if cols["answer"] else [""] * n
+            out["answers"] = [[a] if q else [] for a, q in zip(answers, out["questions"])]
+        else:
+            out["questions"], out["answers"] = [[] for _ in range(n)], [[] for _ in range(n)]
+        if cols["group"]:
+            out[GROUP] = [str(g) for g in batch[cols["group"]]]
+        return out
+
+    if cols["question"] and not cols["answer"]:
+        raise ValueError(f"{where}: question_column is set but answer_column is not")
+    image = cols["image"]
+    # Images stay encoded (decode=False) while the other columns are rewritten: nothing is decoded,
+    # and string columns of paths or URLs become Image features here too.
+    raw = raw.cast_column(image, Image(decode=False))
+    features = datasets.Features({image: Image(decode=False),
+                                  **{k: FEATURES[k] for k in COLUMNS if k != "image"}})
+    if cols["group"]:
+        features[GROUP] = Value("string")
+    # With an empty input_columns datasets drops the untouched image column, so an image-only dataset
+    # takes the whole batch instead.
+    fn = convert if inputs else (lambda batch, indices: convert(indices))
+    ds = raw.map(fn, batched=True, with_indices=True, input_columns=inputs or None,
+                 remove_columns=[c for c in raw.column_names if c != image], features=features,
+                 desc="uniform columns")
+    if image != "image":
+        ds = ds.rename_column(image, "image")
+    ds = ds.cast_column("image", Image())
+    if cols["group"]:
+        ds = merge_groups(ds)
+    return check_uniform(ds.select_columns(list(COLUMNS)))
+
+
+def merge_groups(ds: datasets.Dataset) -> datasets.Dataset:
+    """One row per group (image): its first row, with every row's questions and answers."""
+    keys = ds[GROUP]
+    first: dict[str, int] = {}
+    questions: dict[str, list[str]] = {}
+    answers: dict[str, list[str]] = {}
+    for index, (key, qs, ans) in enumerate(zip(keys, ds["questions"], ds["answers"])):
+        first.setdefault(key, index)
+        questions.setdefault(key, []).extend(qs)
+        answers.setdefault(key, []).extend(ans)
+    order = list(first)
+    merged = ds.select([first[k] for k in order]).remove_columns(["questions", "answers", GROUP])
+    merged = merged.add_column("questions", [questions[k] for k in order], feature=List(Value("string")))
+    return merged.add_column("answers", [answers[k] for k in order], feature=List(Value("string")))
+
+
+@ADAPTERS.register("hf")
+def load_hf(spec: dict, split: str, offline: bool = True) -> datasets.Dataset:
+    raw = load_raw(spec, split, offline)
+    where = f"dataset {spec.get('name')!r} ({spec.get('path') or spec.get('hub_id')}, split {split!r})"
+    return conform(raw, spec, where)
