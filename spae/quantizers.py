@@ -1,0 +1,247 @@
+"""Pyramid quantizers over a frozen codebook: SAQ (SPAE), residual (RQ) and plain VQ (LQAE).
+
+All three share one interface (``PyramidQuantizer``)::
+
+    q = SAQuantizer(codebook [K, D], Pyramid([1, 2, 4, 8, 8], 8), beta=0.25)
+    out = q(z [B, D, H, W], num_layers=None)      # -> QuantizerOutput
+    z_hat = q.decode_codes(out.codes, num_layers=l)   # == out.z_q_prefix[l - 1] exactly
+
+How a layer is quantized (the same for all three; only the *target* and the *latent* differ):
+
+1. A per-position target map ``t_l [B, D, H, W]`` is formed from ``z`` and the codes chosen so far
+   (``S_{l-1}`` = running sum over layers ``< l`` of each layer's code painted over its cell):
+
+   * SAQ: ``t_l = l * z - S_{l-1}``, the closed form of the paper's ``z_l = z_{l-1} + (z - e_{l-1})``
+     with ``z_1 = z``; if every code hit its target, the average of the codes would equal ``z``.
+   * RQ: ``t_l = z - S_{l-1}`` (the residual).
+   * VQ: ``t_l = z`` (every layer quantizes ``z`` independently).
+
+2. The token of each cell is the **mean of the target over the cell** (``pooling="mean"``, default), the
+   *layer query* ``q_l [B, n_l, D]``. Why the mean: the code is painted over the whole cell, and the
+   nearest code to the cell mean is exactly the code minimising the summed squared error over the cell
+   (``sum_p ||e - t(p)||^2 = c ||e - mean||^2 + const``), so every layer is the best single-word summary of
+   its cell; the 1x1 top layer then summarises the whole image, which is what the semantic loss asks of
+   it. ``pooling="subsample"`` instead reads the target at the dilation-subsampled position only (the
+   encoder must then learn to put the cell's content there).
+
+3. ``code_l = nearest(q_l)`` in fp32 over the frozen codebook; ``e_l`` (its row) is painted over the cell.
+
+4. The quantized latent after prefix ``1..l`` (``z_q_prefix[l-1]``):
+
+   * SAQ: ``S_l / l``, the average of the codes of layers ``1..l`` covering each position;
+   * RQ: ``S_l``, their sum;
+   * VQ: the finest layer so far alone (layer ``l``'s code over its cell).
+
+Gradients: the codebook is a frozen buffer (no parameters, no codebook loss). Outputs are
+straight-through, written ``hard + (z - z.detach())`` so that their *values* equal the decoded codes
+bit-for-bit (``z + (hard - z).detach()`` would not) while ``d out / d z`` is the identity. ``layer_queries``
+keep their graph to ``z`` (the semantic loss uses them).
+
+Commitment loss (the same definition for all three): ``beta * mean_l mse(pool_l(z), sg(pool_l(z_q^{(l)})))``,
+i.e. the encoder is pulled towards each prefix's quantized latent at that layer's resolution. It equals
+``beta * mean_l mse(q_l, sg(e_l)) / w_l^2`` with ``w_l = l`` for SAQ and 1 for RQ/VQ; without the ``1/l^2``
+SAQ's deeper layers (whose queries scale with ``l``) would dominate.
+
+Precision: all search and accumulation run in fp32 with autocast disabled and TF32 matmuls off
+(``nn_search.exact_fp32``), whatever the input dtype (bf16 distances collapse code usage); outputs are fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from spae.nn_search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, exact_fp32, nearest, squared_norms
+from spae.pyramid import POOLING_MODES, Pyramid
+from spae.registry import Registry
+
+QUANTIZERS: Registry[type["PyramidQuantizer"]] = Registry("quantizer")
+
+
+@dataclass
+class QuantizerOutput:
+    """What one forward pass of a ``PyramidQuantizer`` returns (``L`` = layers actually run)."""
+
+    z_q: torch.Tensor  # [B, D, H, W] quantized latent of all L layers, straight-through to z
+    z_q_prefix: list[torch.Tensor]  # L x [B, D, H, W] after layers 1..l, straight-through
+    codes: list[torch.Tensor]  # L x LongTensor [B, n_l] codebook indices, row-major over the cells
+    layer_queries: list[torch.Tensor]  # L x [B, n_l, D] vectors that were quantized, with grad to z
+    commit_loss: torch.Tensor  # scalar, already beta-weighted
+    unique_codes: list[int] = field(default_factory=list)  # distinct codes per layer in this batch
+
+
+class PyramidQuantizer(nn.Module):
+    """Base class: layer loop, search, straight-through, commitment. Subclasses define target and latent."""
+
+    name = "base"
+
+    def __init__(
+        self,
+        codebook: torch.Tensor,
+        pyramid: Pyramid,
+        beta: float = 0.25,
+        pooling: str = "mean",
+        row_chunk: int = DEFAULT_ROW_CHUNK,
+        code_chunk: int = DEFAULT_CODE_CHUNK,
+    ):
+        super().__init__()
+        if codebook.dim() != 2 or codebook.shape[0] < 1:
+            raise ValueError(f"codebook must be a non-empty [K, D] tensor, got {list(codebook.shape)}.")
+        if not torch.isfinite(codebook).all():
+            raise ValueError("codebook contains NaN or Inf values.")
+        if not isinstance(pyramid, Pyramid):
+            raise TypeError(f"pyramid must be a spae.pyramid.Pyramid, got {type(pyramid).__name__}.")
+        if beta < 0:
+            raise ValueError(f"beta (commitment weight) must be >= 0, got {beta}.")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLING_MODES}.")
+        self.pyramid = pyramid
+        self.beta = float(beta)
+        self.pooling = pooling
+        self.row_chunk, self.code_chunk = int(row_chunk), int(code_chunk)
+        # Frozen and rebuilt from the codebook stage, so not saved in checkpoints (56 MB at 22k x 640).
+        cb = codebook.detach().float().contiguous()
+        self.register_buffer("codebook", cb, persistent=False)
+        self.register_buffer("codebook_sq_norms", squared_norms(cb), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.codebook.shape[1]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebook.shape[0]
+
+    # --------------------------------------------------------------------------- per-method rules
+    def target(self, z: torch.Tensor, code_sum: torch.Tensor, layer_number: int) -> torch.Tensor:
+        """Per-position map quantized at layer ``layer_number`` (1-based), given the running code sum."""
+        raise NotImplementedError
+
+    def latent(self, code_sum: torch.Tensor, layer_code: torch.Tensor, layer_number: int) -> torch.Tensor:
+        """Quantized latent after layers ``1..layer_number`` from the code sum and the newest layer's codes."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------- public API
+    def forward(self, z: torch.Tensor, num_layers: int | None = None) -> QuantizerOutput:
+        num_layers = self._check_num_layers(num_layers)
+        self._check_latent(z)
+        with exact_fp32(z.device.type):
+            zf = z.float()
+            code_sum = torch.zeros_like(zf, requires_grad=False)
+            prefixes, codes, queries, commits, unique = [], [], [], [], []
+            for li in range(num_layers):
+                layer_number = li + 1
+                query = self.pyramid.pool(self.target(zf, code_sum, layer_number), li, self.pooling)
+                idx, _ = nearest(query.detach().reshape(-1, self.dim), self.codebook,
+                                 codebook_sq_norms=self.codebook_sq_norms,
+                                 row_chunk=self.row_chunk, code_chunk=self.code_chunk)
+                idx = idx.view(query.shape[0], query.shape[1])
+                layer_code = self.pyramid.broadcast(self.codebook[idx], li)
+                code_sum = code_sum + layer_code
+                hard = self.latent(code_sum, layer_code, layer_number)
+                prefixes.append(hard + (zf - zf.detach()))  # straight-through, values exactly `hard`
+                codes.append(idx)
+                queries.append(query)
+                commits.append(self._commit(zf, hard, li))
+                unique.append(int(torch.unique(idx).numel()))
+            commit_loss = self.beta * torch.stack(commits).mean()
+        return QuantizerOutput(z_q=prefixes[-1], z_q_prefix=prefixes, codes=codes, layer_queries=queries,
+                               commit_loss=commit_loss, unique_codes=unique)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: list[torch.Tensor], num_layers: int | None = None) -> torch.Tensor:
+        """Quantized latent ``[B, D, H, W]`` after layers ``1..num_layers`` from codebook indices alone."""
+        num_layers = self._check_num_layers(len(codes) if num_layers is None else num_layers)
+        if len(codes) < num_layers:
+            raise ValueError(f"decode_codes needs codes for {num_layers} layers, got {len(codes)}.")
+        code_sum = hard = None
+        for li in range(num_layers):
+            idx = self._check_codes(codes[li], li)
+            layer_code = self.pyramid.broadcast(self.codebook[idx], li)
+            code_sum = layer_code if code_sum is None else code_sum + layer_code
+            hard = self.latent(code_sum, layer_code, li + 1)
+        return hard
+
+    # --------------------------------------------------------------------------- helpers
+    def _commit(self, zf: torch.Tensor, hard: torch.Tensor, li: int) -> torch.Tensor:
+        pooled_z = self.pyramid.pool(zf, li, self.pooling)
+        pooled_q = self.pyramid.pool(hard, li, self.pooling)
+        return torch.mean((pooled_z - pooled_q.detach()) ** 2)
+
+    def _check_num_layers(self, num_layers: int | None) -> int:
+        total = self.pyramid.num_layers
+        if num_layers is None:
+            return total
+        if not 1 <= num_layers <= total:
+            raise ValueError(f"num_layers={num_layers} must be in 1..{total} (layers of {self.pyramid}).")
+        return int(num_layers)
+
+    def _check_latent(self, z: torch.Tensor) -> None:
+        size = self.pyramid.latent_size
+        if z.dim() != 4 or z.shape[1] != self.dim or z.shape[2:] != (size, size):
+            raise ValueError(f"Expected z of shape [B, {self.dim}, {size}, {size}] (codebook dim {self.dim}, "
+                             f"latent {size}x{size}), got {list(z.shape)}.")
+        if not z.is_floating_point():
+            raise TypeError(f"z must be a floating-point tensor, got {z.dtype}.")
+
+    def _check_codes(self, idx: torch.Tensor, li: int) -> torch.Tensor:
+        n = self.pyramid.token_counts[li]
+        if idx.dim() != 2 or idx.shape[1] != n or idx.dtype != torch.long:
+            raise ValueError(f"Codes of layer {li + 1} must be a LongTensor [B, {n}], got "
+                             f"{idx.dtype} {list(idx.shape)}.")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.codebook_size):
+            raise ValueError(f"Codes of layer {li + 1} fall outside the codebook 0..{self.codebook_size - 1}.")
+        return idx
+
+    def extra_repr(self) -> str:
+        return (f"codebook={self.codebook_size}x{self.dim}, pyramid={self.pyramid}, beta={self.beta}, "
+                f"pooling={self.pooling!r}")
+
+
+@QUANTIZERS.register("saq")
+class SAQuantizer(PyramidQuantizer):
+    """Streaming average quantization (SPAE): the running average of the chosen codes approximates z."""
+
+    name = "saq"
+
+    def target(self, z, code_sum, layer_number):
+        return layer_number * z - code_sum
+
+    def latent(self, code_sum, layer_code, layer_number):
+        return code_sum / layer_number
+
+
+
+@QUANTIZERS.register("rq")
+class ResidualQuantizer(PyramidQuantizer):
+    """Residual quantization: each layer quantizes what the sum of the previous codes left over."""
+
+    name = "rq"
+
+    def target(self, z, code_sum, layer_number):
+        return z - code_sum
+
+    def latent(self, code_sum, layer_code, layer_number):
+        return code_sum
+
+
+@QUANTIZERS.register("vq")
+class VectorQuantizer(PyramidQuantizer):
+    """Plain VQ: every layer quantizes z on its own; the latent of a prefix is its finest (last) layer.
+
+    With ``Pyramid.full(latent_size)`` this is LQAE's quantizer.
+    """
+
+    name = "vq"
+
+    def target(self, z, code_sum, layer_number):
+        return z
+
+    def latent(self, code_sum, layer_code, layer_number):
+        return layer_code
+
+
+def build_quantizer(kind: str, codebook: torch.Tensor, pyramid: Pyramid, **kwargs) -> PyramidQuantizer:
+    """Construct a quantizer by registry name (``"saq"``, ``"rq"``, ``"vq"``)."""
+    return QUANTIZERS.get(kind)(codebook, pyramid, **kwargs)

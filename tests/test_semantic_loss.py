@@ -1,0 +1,185 @@
+"""Semantic loss towards CLIP-relevant words, the relevance metric and the weight schedule."""
+import math
+
+import pytest
+import torch
+
+from spae.pyramid import Pyramid
+from spae.quantizers import SAQuantizer
+from spae.semantic_loss import SemanticLoss, schedule_weight, semantic_relevance
+
+K, D = 500, 8
+
+
+@pytest.fixture(scope="module")
+def codebook():
+    return torch.randn(K, D, generator=torch.Generator().manual_seed(0))
+
+
+def normalised_relevance(batch=2, seed=1):
+    r = torch.rand(batch, K, generator=torch.Generator().manual_seed(seed))
+    lo, hi = r.min(1, keepdim=True).values, r.max(1, keepdim=True).values
+    return (r - lo) / (hi - lo)
+
+
+def loss_fn(codebook, **kw):
+    args = dict(thresholds=[0.99, 0.9], temperature=1.0, layers=[1, 2], num_negatives=None, target="all")
+    args.update(kw)
+    return SemanticLoss(codebook, **args)
+
+
+@pytest.mark.parametrize("target", ["sample", "all"])
+@pytest.mark.parametrize("num_negatives", [None, 32])
+def test_loss_decreases_when_query_moves_onto_a_candidate(codebook, target, num_negatives):
+    rel = normalised_relevance()
+    on_candidate = codebook[rel.argmax(1)][:, None, :]  # the top word is always a candidate
+    loss = loss_fn(codebook, thresholds=[0.999], layers=[1], target=target, num_negatives=num_negatives)
+
+    def value(query):
+        return loss([query], rel, generator=torch.Generator().manual_seed(5)).loss.item()
+
+    for seed in range(5):
+        far = 3 * torch.randn(2, 1, D, generator=torch.Generator().manual_seed(seed))
+        assert value(on_candidate) < value(far)
+    # and gradient steps on the loss move a query towards the candidate
+    query = (3 * torch.randn(2, 1, D, generator=torch.Generator().manual_seed(9))).requires_grad_(True)
+    start = torch.dist(query.detach(), on_candidate).item()
+    for step in range(50):
+        out = loss([query], rel, generator=torch.Generator().manual_seed(step))
+        (grad,) = torch.autograd.grad(out.loss, query)
+        query = (query - 0.5 * grad).detach().requires_grad_(True)
+    assert torch.dist(query.detach(), on_candidate).item() < 0.5 * start
+
+
+def test_all_target_matches_full_codebook_cross_entropy(codebook):
+    rel = normalised_relevance()
+    queries = torch.randn(2, 4, D, requires_grad=True)
+    out = loss_fn(codebook, thresholds=[0.95], layers=[1])([queries], rel)
+    logits = -torch.cdist(queries.reshape(8, D), codebook) ** 2
+    cand = rel >= 0.95
+    w = rel * cand
+    w = (w / w.sum(1, keepdim=True)).repeat_interleave(4, 0)
+    ref = -(w * torch.log_softmax(logits, 1)).sum(1).mean()
+    torch.testing.assert_close(out.loss, ref, rtol=1e-4, atol=1e-4)
+    assert out.num_candidates[1] == pytest.approx(cand.sum(1).float().mean().item())
+    (grad,) = torch.autograd.grad(out.loss, queries)
+    assert grad.abs().sum() > 0
+
+
+def test_sample_target_averages_to_all_target(codebook):
+    rel = normalised_relevance()
+    queries = torch.randn(2, 64, D)
+    all_loss = loss_fn(codebook, thresholds=[0.9], layers=[1], target="all")([queries], rel).loss
+    sampler = loss_fn(codebook, thresholds=[0.9], layers=[1], target="sample")
+    g = torch.Generator().manual_seed(0)
+    mean = torch.stack([sampler([queries], rel, generator=g).loss for _ in range(50)]).mean()
+    assert abs(mean.item() - all_loss.item()) < 0.05 * all_loss.item()
+
+
+@pytest.mark.parametrize("target", ["sample", "all"])
+def test_sampled_negatives_bound_the_softmax_columns(codebook, target, monkeypatch):
+    rel = normalised_relevance()
+    loss = loss_fn(codebook, thresholds=[0.5], layers=[1], num_negatives=16, target=target)
+    seen = []
+    original = loss._columns
+    monkeypatch.setattr(loss, "_columns", lambda req, g: seen.append((req, original(req, g))) or seen[-1][1])
+    loss([torch.randn(2, 3, D)], rel, generator=torch.Generator().manual_seed(0))
+    required, cols = seen[0]
+    assert set(required.tolist()) <= set(cols.tolist()) and cols.unique().numel() == cols.numel()
+    assert cols.numel() <= required.unique().numel() + 16
+    if target == "sample":  # only the drawn targets: cost bounded by B * n + m whatever rho
+        assert required.numel() == 2 * 3 and cols.numel() <= 6 + 16
+    else:  # every candidate of the batch
+        assert required.numel() == (rel >= 0.5).any(0).sum()
+
+
+def test_threshold_one_keeps_the_top_word_and_stricter_thresholds_shrink_candidates(codebook):
+    rel = normalised_relevance()
+    out = loss_fn(codebook, thresholds=[1.0, 0.5], layers=[1, 2])([torch.randn(2, 1, D), torch.randn(2, 4, D)], rel)
+    assert out.num_candidates[1] == 1.0
+    assert out.num_candidates[2] > 100
+    assert set(out.per_layer) == {1, 2} and torch.isfinite(out.loss)
+
+
+def test_constant_relevance_row_still_has_a_target(codebook):
+    rel = torch.zeros(1, K)
+    out = loss_fn(codebook, thresholds=[0.5], layers=[1])([torch.randn(1, 2, D)], rel)
+    assert torch.isfinite(out.loss) and out.num_candidates[1] == 1.0
+
+
+def test_unguided_prefix_gives_zero_loss_with_graph(codebook):
+    rel = normalised_relevance()
+    q = torch.randn(2, 1, D, requires_grad=True)
+    out = loss_fn(codebook, thresholds=[0.9, 0.9, 0.9], layers=[3])([q], rel)
+    assert out.loss.item() == 0.0 and out.loss.requires_grad and out.per_layer == {}
+
+
+def test_works_with_quantizer_outputs_and_bf16_autocast(codebook):
+    q = SAQuantizer(codebook, Pyramid([1, 2, 4], 4))
+    z = torch.randn(2, D, 4, 4, requires_grad=True)
+    out = q(z)
+    loss = loss_fn(codebook, thresholds=[0.99, 0.9, 0.8], layers=[1, 2], num_negatives=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sem = loss(out.layer_queries, normalised_relevance().bfloat16())
+    assert sem.loss.dtype == torch.float32
+    (grad,) = torch.autograd.grad(sem.loss, z)
+    assert grad.abs().sum() > 0
+
+
+def test_semantic_relevance_metric():
+    rel = normalised_relevance()
+    codes = [rel.argmax(1, keepdim=True), rel.argmin(1, keepdim=True).repeat(1, 4),
+             torch.tensor([[0, 1], [2, 3]])]
+    got = semantic_relevance(codes, rel)
+    assert got[0] == pytest.approx(1.0) and got[1] == pytest.approx(0.0)
+    assert got[2] == pytest.approx(((rel[0, 0] + rel[0, 1] + rel[1, 2] + rel[1, 3]) / 4).item())
+    with pytest.raises(ValueError, match="codes"):
+        semantic_relevance([torch.zeros(3, 1, dtype=torch.long)], rel)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(thresholds=[1.2, 0.5]), r"\[0, 1\]"),
+    (dict(thresholds=[-0.1, 0.5]), r"\[0, 1\]"),
+    (dict(thresholds=[]), "empty"),
+    (dict(layers=[0]), "1-based"),
+    (dict(layers=[3]), "out of range"),
+    (dict(layers=[]), "empty"),
+    (dict(layers=[1, 1]), "repeat"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(num_negatives=-1), "num_negatives"),
+    (dict(target="best"), "target"),
+])
+def test_invalid_configs_raise_clear_errors(codebook, kw, match):
+    with pytest.raises(ValueError, match=match):
+        loss_fn(codebook, **kw)
+
+
+def test_invalid_inputs_raise_clear_errors(codebook):
+    loss = loss_fn(codebook)
+    q = [torch.randn(2, 1, D)]
+    with pytest.raises(ValueError, match=r"relevance must be \[B, 500\]"):
+        loss(q, torch.rand(2, K + 1))
+    with pytest.raises(ValueError, match="min-max"):
+        loss(q, torch.rand(2, K) * 2)
+    with pytest.raises(ValueError, match="NaN"):
+        loss(q, torch.full((2, K), float("nan")))
+    with pytest.raises(ValueError, match=r"layer_queries\[0\]"):
+        loss([torch.randn(3, 1, D)], normalised_relevance())
+
+
+def test_schedule_weight():
+    assert schedule_weight(123, weight=0.3) == 0.3
+    assert schedule_weight(0, weight=1.0, schedule="linear_warmup", warmup_steps=10) == 0.0
+    assert schedule_weight(5, weight=1.0, schedule="linear_warmup", warmup_steps=10) == 0.5
+    assert schedule_weight(50, weight=1.0, schedule="linear_warmup", warmup_steps=10) == 1.0
+    kw = dict(weight=1.0, schedule="cosine_decay", warmup_steps=10, total_steps=110, final_weight=0.1)
+    assert schedule_weight(10, **kw) == pytest.approx(1.0)
+    assert schedule_weight(60, **kw) == pytest.approx(0.55)
+    assert schedule_weight(110, **kw) == pytest.approx(0.1) == schedule_weight(500, **kw)
+    values = [schedule_weight(s, **kw) for s in range(10, 111)]
+    assert all(b <= a for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="schedule"):
+        schedule_weight(1, weight=1.0, schedule="step")
+    with pytest.raises(ValueError, match="total_steps"):
+        schedule_weight(20, weight=1.0, schedule="cosine_decay", warmup_steps=10)
+    assert not math.isnan(schedule_weight(0, weight=1.0, schedule="cosine_decay", total_steps=5))
