@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.pipeline import run_stages
+from spae.errors import UserError
 from spae.hashing import stable_hash
 from spae.results import build_results, write_results
 
@@ -26,7 +27,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 NON_IDENTITY_KEYS = ("paths", "logger", "force")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config the user composed cannot run; the message says what to change."""
 
 
@@ -127,7 +128,8 @@ def check_group_choices(argv: list[str]) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         path = execute(cfg)
-    except ConfigError as err:
+    except UserError as err:  # bad input or config: the message names the problem and the fix
+        log.debug("user error", exc_info=True)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(path)

@@ -6,6 +6,8 @@ plus JSON (words, source): loading runs no code.
 """
 from __future__ import annotations
 
+from spae.errors import UserError
+
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ TENSORS_FILE = "codebook.safetensors"
 META_FILE = "codebook.json"
 
 
-class UnknownWordsError(KeyError):
+class UnknownWordsError(UserError, KeyError):
     """Words that are not in the codebook; the message names them and suggests close matches."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show plain text

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from spae.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """Raised when a name is not registered; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text

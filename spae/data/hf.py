@@ -9,6 +9,8 @@ offline_alternative (named in the offline error).
 """
 from __future__ import annotations
 
+from spae.errors import UserError
+
 import logging
 import os
 from collections import Counter
@@ -29,7 +31,7 @@ GROUP = "_group"
 LABELLED_CAPTION = "a photo of {}"  # templated caption for labelled data without captions
 
 
-class OfflineDatasetError(ValueError):
+class OfflineDatasetError(UserError, ValueError):
     """A dataset that needs the network was asked for in offline mode."""
 
 

@@ -13,6 +13,8 @@ that copy in seconds.
 """
 from __future__ import annotations
 
+from spae.errors import UserError
+
 import fcntl
 import importlib
 import importlib.util
@@ -41,7 +43,7 @@ EMBEDDED_CHOICES = "llm=gemma3_270m (Gemma 3 270M) or llm=smollm2_135m (SmolLM2 
 _TRUE = ("1", "true", "yes", "on")
 
 
-class LLMLoadError(RuntimeError):
+class LLMLoadError(UserError, RuntimeError):
     """The spec cannot be loaded; the message says what to change."""
 
 
