@@ -1,0 +1,155 @@
+"""Run few-shot episodes through an LLM backend, record every prompt and answer, resume after interruption.
+
+Every finished episode is appended to a JSONL file and flushed to disk at once; a rerun with resume=True
+reads the file, keeps the episodes already done (a half-written last line is dropped) and runs only the
+rest. Episodes are sent to the backend in chunks so it can batch them and share prompt prefixes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+from spae.fewshot.episodes import Episode, sample_episodes
+from spae.fewshot.prompts import ImageRendering, PromptTemplate, prompt_as_text, render_prompt
+from spae.fewshot.scoring import accuracy_summary, check_scoring, extract_answer, is_correct
+from spae.hashing import stable_hash
+from spae.llm.backends import LLMBackend
+
+
+@dataclass
+class EpisodeResult:
+    key: str
+    episode_id: str
+    n_way: int
+    shots: int
+    repeats: int
+    task_induction: bool
+    scoring: str
+    prompt: str
+    generation: str
+    answer: str
+    target: str
+    correct: bool
+    classes: list[str]
+    scores: dict[str, float] = field(default_factory=dict)  # rank_loglik only
+
+    @classmethod
+    def from_json(cls, record: dict) -> "EpisodeResult":
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
+
+def episode_key(episode: Episode, template: PromptTemplate, scoring: str) -> str:
+    """Identity of one evaluation: the episode's content, the template and the scoring rule."""
+    content = {"support": episode.support, "query": episode.query, "classes": episode.classes,
+               "induction": episode.task_induction, "template": asdict(template), "scoring": scoring}
+    return f"{episode.episode_id}-{'ti' if episode.task_induction else 'noti'}-{stable_hash(content)}"
+
+
+def evaluate_episodes(backend: LLMBackend, episodes: Sequence[Episode],
+                      render_image: Callable[[int], ImageRendering], template: PromptTemplate,
+                      scoring: str = "exact", jsonl_path: str | Path | None = None, resume: bool = True,
+                      chunk_size: int = 32, progress: Callable[[int, int], None] | None = None
+                      ) -> list[EpisodeResult]:
+    """Evaluate episodes; results in episode order. `progress(done, total)` is called after each chunk."""
+    check_scoring(scoring)
+    keys = [episode_key(e, template, scoring) for e in episodes]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate episodes (same id and content): give each episode a distinct episode_id")
+    done: dict[str, EpisodeResult] = {}
+    if jsonl_path is not None:
+        jsonl_path = Path(jsonl_path)
+        done = _load_finished(jsonl_path) if resume else {}
+        if not resume and jsonl_path.exists():
+            jsonl_path.unlink()
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start: start + chunk_size]
+        results = _run_chunk(backend, [episodes[i] for i in chunk], [keys[i] for i in chunk], render_image,
+                             template, scoring)
+        for result in results:
+            done[result.key] = result
+            if jsonl_path is not None:
+                _append(jsonl_path, result)
+        if progress is not None:
+            progress(len(episodes) - len(todo) + start + len(chunk), len(episodes))
+    return [done[k] for k in keys]
+
+
+def summarize(results: Sequence[EpisodeResult]) -> dict:
+    return accuracy_summary([r.correct for r in results])
+
+
+def evaluate_cells(backend: LLMBackend, labels: Sequence, cells: Sequence, render_image: Callable[[int], ImageRendering],
+                   template: PromptTemplate, n_episodes: int, seed: int, out_dir: str | Path | None = None,
+                   scoring: str = "exact", label_names=None, indices: Sequence[int] | None = None,
+                   resume: bool = True) -> dict[str, dict]:
+    """Evaluate a grid of cells (objects with n_way, shots, repeats, task_induction and key, e.g.
+    benchmarks.fewshot.Cell); one JSONL per cell under out_dir. Returns {cell key: accuracy summary}."""
+    summaries = {}
+    for cell in cells:
+        episodes = sample_episodes(labels, cell.n_way, cell.shots, n_episodes, seed=seed, repeats=cell.repeats,
+                                   task_induction=cell.task_induction, label_names=label_names, indices=indices)
+        path = None if out_dir is None else Path(out_dir) / f"{cell.key}-{template.name}-{scoring}.jsonl"
+        results = evaluate_episodes(backend, episodes, render_image, template, scoring, path, resume=resume)
+        summaries[cell.key] = summarize(results)
+    return summaries
+
+
+def _run_chunk(backend: LLMBackend, episodes: list[Episode], keys: list[str],
+               render_image: Callable[[int], ImageRendering], template: PromptTemplate,
+               scoring: str) -> list[EpisodeResult]:
+    prompts = [render_prompt(e, template, render_image) for e in episodes]
+    scores: list[dict[str, float]] = [{} for _ in episodes]
+    if scoring == "rank_loglik":
+        if any(not isinstance(p, str) for p in prompts):
+            raise ValueError("rank_loglik scoring needs text prompts (not embedding segments)")
+        pairs = [(p, template.answer_text(c)) for p, e in zip(prompts, episodes) for c in e.classes]
+        flat = iter(backend.loglikelihood(pairs))
+        scores = [{c: next(flat) for c in e.classes} for e in episodes]
+        generations = [max(s, key=s.get) for s in scores]  # ties: the first class in episode order
+    elif all(isinstance(p, str) for p in prompts):
+        generations = backend.generate(prompts, template.max_new_tokens, template.stop)
+    else:
+        segments = [p if isinstance(p, list) else [p] for p in prompts]
+        generations = backend.generate_from_embeds(segments, template.max_new_tokens, template.stop)
+    results = []
+    for key, episode, prompt, generation, score in zip(keys, episodes, prompts, generations, scores):
+        answer = generation if scoring == "rank_loglik" else extract_answer(generation, template.stop)
+        results.append(EpisodeResult(
+            key=key, episode_id=episode.episode_id, n_way=episode.n_way, shots=episode.shots,
+            repeats=episode.repeats, task_induction=episode.task_induction, scoring=scoring,
+            prompt=prompt_as_text(prompt), generation=generation or "", answer=answer, target=episode.answer,
+            correct=is_correct(answer, episode.answer, scoring), classes=list(episode.classes), scores=score))
+    return results
+
+
+def _append(path: Path, result: EpisodeResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load_finished(path: Path) -> dict[str, EpisodeResult]:
+    """Finished episodes from a JSONL file; a torn last line (interrupted write) is cut off the file."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        with path.open("r+b") as f:
+            f.truncate(len(complete))
+    done = {}
+    for line in complete.decode("utf-8").splitlines():
+        if line.strip():
+            result = EpisodeResult.from_json(json.loads(line))
+            done[result.key] = result
+    return done
+
+
+__all__ = ["EpisodeResult", "evaluate_cells", "evaluate_episodes", "summarize", "episode_key"]
