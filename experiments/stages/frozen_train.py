@@ -1,0 +1,238 @@
+"""Stage `frozen_train`: train the Frozen baseline's vision encoder for the LLM that will read it (cfg llm).
+
+The encoder learns to emit `method.n_prefix` input embeddings from which the frozen LLM predicts the
+image's caption (pretraining pairs of the data stage). Lightning checkpoints go to <stage dir>/checkpoints
+and an interrupted stage resumes from last.ckpt (loaded with weights_only=True; the LLM is never in it).
+The encoder is saved as frozen_encoder.safetensors + frozen_encoder.json (spae.frozen_baseline
+.load_frozen_encoder). The summary reports a sanity check: the held-out caption loss before and after
+training, and the fraction of held-out evaluation images whose greedy caption names the right class.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from pathlib import Path
+
+from experiments.pipeline import StageContext, stage
+
+log = logging.getLogger(__name__)
+
+CAPTIONED_EVAL_ROLES = ("classification", "vqa", "captioning")
+BEFORE_FILE = "heldout_before.json"
+
+
+def frozen_method(cfg: dict) -> dict:
+    method = dict(cfg["method"])
+    if method.get("name") != "frozen" or method.get("kind") != "prefix":
+        raise ValueError(f"the frozen_train stage trains the Frozen baseline; method={method.get('name')!r} "
+                         "is not it: use method=frozen")
+    if cfg["llm"].get("backend") != "hf_local":
+        raise ValueError(f"Frozen feeds input embeddings to the LLM, which needs a local model "
+                         f"(llm backend hf_local); llm={cfg['llm'].get('name')!r} uses "
+                         f"{cfg['llm'].get('backend')!r}. Choose e.g. llm=gemma3_270m or llm=hf.")
+    return method
+
+
+def heldout_rows(data_dir: Path, data_cfg: dict, total: int, seed: int) -> list[dict]:
+    """Up to `total` captioned rows drawn (seeded) evenly from the evaluation sets: never trained on."""
+    import numpy as np
+
+    from spae.data import load_prepared
+
+    sets = [(role, data_cfg[role]["name"]) for role in CAPTIONED_EVAL_ROLES if data_cfg.get(role)]
+    per_set = max(1, total // max(1, len(sets)))
+    rows: list[dict] = []
+    for role, name in sets:
+        ds = load_prepared(data_dir, role, name)
+        captioned = [i for i, c in enumerate(ds["caption"]) if c and c.strip()]
+        if not captioned:
+            continue
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.choice(captioned, size=min(per_set, len(captioned)), replace=False).tolist())
+        for row in ds.select(picked):
+            rows.append({"set": f"{role}/{name}", "image": row["image"], "caption": row["caption"],
+                         "label_name": row["label_name"]})
+    if not rows:
+        raise ValueError("no evaluation set with captions to check the Frozen encoder on "
+                         f"(looked at data.{', data.'.join(CAPTIONED_EVAL_ROLES)})")
+    return rows
+
+
+def heldout_loss(module, rows: list[dict], image_size: int, batch_size: int = 16) -> dict:
+    """Mean caption loss (nats/token) of the held-out rows, overall and per set."""
+    import torch
+
+    from spae.data.images import to_tensor
+
+    losses: list[float] = []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start: start + batch_size]
+                images = to_tensor([r["image"] for r in chunk], image_size).to(module.device)
+                losses += module.loss(images, [r["caption"] for r in chunk], reduction="none").tolist()
+    finally:
+        module.train(was_training)
+    by_set: dict[str, list[float]] = {}
+    for row, loss in zip(rows, losses):
+        by_set.setdefault(row["set"], []).append(loss)
+    return {"all": round(sum(losses) / len(losses), 4),
+            **{s: round(sum(v) / len(v), 4) for s, v in by_set.items()}}
+
+
+def zero_shot_captions(encoder, loaded, rows: list[dict], method: dict) -> tuple[dict, list[list]]:
+    """Greedy captions from [prefix][caption_prompt] alone (no examples) and whether they name the class."""
+    from spae.frozen_baseline import caption_target, names_target, prefix_embeddings
+    from spae.llm.hf_local import HFLocalBackend
+
+    backend = HFLocalBackend.from_loaded(loaded, batch_size=16)
+    prefixes = prefix_embeddings(encoder, [r["image"] for r in rows])
+    prompt = method.get("caption_prompt") or ""
+    prompts = [[p] + ([prompt] if prompt else []) for p in prefixes]
+    texts = backend.generate_from_embeds(prompts, int(method["heldout_max_new_tokens"]), stop=["\n"])
+    table, hits = [], {}
+    for row, text in zip(rows, texts):
+        target = caption_target(row["label_name"], row["caption"])
+        ok = names_target(text, target)
+        hits.setdefault(row["set"], []).append(ok)
+        table.append([row["set"], row["caption"], target, text.strip(), ok])
+    everything = [ok for v in hits.values() for ok in v]
+    fractions = {"all": round(sum(everything) / len(everything), 4),
+                 **{s: round(sum(v) / len(v), 4) for s, v in hits.items()}}
+    return fractions, table
+
+
+def build_trainer(cfg: dict, method: dict, out_dir: Path, logger):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    tr = cfg["trainer"]
+    progress = bool(tr.get("progress_bar", True))
+    callbacks = [ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=1,
+                                 every_n_train_steps=int(method["checkpoint_every_n_steps"]),
+                                 filename="step{step}", auto_insert_metric_name=False)]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=int(tr.get("progress_refresh", 5))))
+    max_time = method.get("max_time_s")
+    return pl.Trainer(
+        accelerator=tr.get("accelerator", "cpu"), devices=tr.get("devices", 1), num_nodes=tr.get("num_nodes", 1),
+        strategy=tr.get("strategy", "auto"), precision=tr.get("precision", "32-true"),
+        max_steps=int(method["max_steps"]), max_epochs=-1,
+        max_time=datetime.timedelta(seconds=float(max_time)) if max_time else None,
+        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
+        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
+    )
+
+
+def markdown(summary: dict, samples: list[list]) -> str:
+    m = summary["metrics"]
+    lines = [f"### Frozen baseline training ({summary['llm']}, {summary['n_prefix']} prefix embeddings)", "",
+             f"{summary['steps']} steps of batch {summary['batch_size']} in {summary['fit_seconds']} s "
+             f"({summary['pretrain_images']} pretraining pairs"
+             + (", stopped by the time cap" if summary["stopped_by_time"] else "") + ").", "",
+             "| held-out set | caption loss before | after | greedy caption names the class (zero-shot) |",
+             "|---|---:|---:|---:|"]
+    for key in m["heldout_loss_after"]:
+        lines.append(f"| {key} | {m['heldout_loss_before'].get(key, '-')} | {m['heldout_loss_after'][key]} | "
+                     f"{m['heldout_caption_names_class'].get(key, '-')} |")
+    lines += ["", "| set | reference | generated | right |", "|---|---|---|---|"]
+    cell = lambda text: repr(text).replace("|", "\\|")  # noqa: E731  (generated text may hold "|")
+    lines += [f"| {s} | {ref} | {cell(gen)} | {'yes' if ok else 'no'} |" for s, ref, _, gen, ok in samples[:8]]
+    return "\n".join(lines)
+
+
+@stage("frozen_train", deps=("data",), version=2,  # 2: punctuation-insensitive class check
+       config_keys=("method", "llm", "trainer", "data.pretrain", "data.max_pretrain_images", "seed"))
+def frozen_train(ctx: StageContext) -> dict:
+    import pytorch_lightning as pl
+    import torch
+
+    from spae.data import load_prepared
+    from spae.frozen_baseline import (CONFIG_FILE, WEIGHTS_FILE, CaptionDataModule, FrozenCaptioner,
+                                      FrozenVisionEncoder, save_frozen_encoder, typical_embedding_norm)
+    from spae.io import read_json, write_json_atomic
+    from spae.llm.loading import load_llm
+
+    cfg, out = ctx.cfg, ctx.out_dir
+    method = frozen_method(cfg)
+    if (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file():  # finished but not marked
+        return read_json(out / CONFIG_FILE)["summary"]
+    seed = int(cfg.get("seed", 0))
+    pl.seed_everything(seed, workers=True)
+    loaded = load_llm(cfg["llm"], cfg["paths"]["cache_dir"])
+    hidden = loaded.model.get_input_embeddings().weight.shape[1]
+    encoder = FrozenVisionEncoder(int(method["n_prefix"]), hidden, method["backbone"], int(method["image_size"]),
+                                  embed_norm=typical_embedding_norm(loaded.model),
+                                  pretrained=bool(method.get("pretrained_backbone", True)),
+                                  backbone_kwargs=({"freeze_batchnorm": bool(method["freeze_batchnorm"])}
+                                                   if method["backbone"] == "efficientnet_lite0" else None))
+    module = FrozenCaptioner(encoder, loaded.model, loaded.tokenizer, method.get("caption_prompt") or "",
+                             lr=method["lr"], backbone_lr=method["backbone_lr"],
+                             weight_decay=method["weight_decay"], max_caption_tokens=method["max_caption_tokens"],
+                             append_eos=method["append_eos"])
+    names = sorted((cfg["data"].get("pretrain") or {}).keys())
+    if not names:
+        raise ValueError("data.pretrain names no dataset of image-caption pairs to train Frozen on")
+    data_dir = ctx.input_dir("data")
+    dm = CaptionDataModule([load_prepared(data_dir, "pretrain", n) for n in names], int(method["image_size"]),
+                           int(method["batch_size"]), seed, total_batches=int(method["max_steps"]),
+                           num_workers=int(cfg["trainer"].get("num_workers", 0)))
+    rows = heldout_rows(data_dir, cfg["data"], int(method["heldout_images"]), seed)
+
+    last = out / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    if (out / BEFORE_FILE).is_file():  # measured before the interrupted run's first step
+        before = read_json(out / BEFORE_FILE)
+    else:
+        before = heldout_loss(module, rows, int(method["image_size"]))
+        write_json_atomic(out / BEFORE_FILE, before)
+    logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
+    trainer = build_trainer(cfg, method, out, logger)
+    log.info("frozen_train: %s prefix x %d for %s, %d pretraining pairs, resume=%s",
+             method["n_prefix"], hidden, loaded.name, len(dm.dataset), resumed)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None, weights_only=True)
+    seconds = time.perf_counter() - start
+    steps = int(trainer.global_step)
+
+    module.to(loaded.model.device)  # the check runs where the LLM is (Lightning returns the module to the CPU)
+    after = heldout_loss(module, rows, int(method["image_size"]))
+    check_start = time.perf_counter()
+    fractions, samples = zero_shot_captions(encoder, loaded, rows, method)
+    summary = {
+        "method": "frozen",
+        "llm": loaded.name,
+        "n_prefix": int(method["n_prefix"]),
+        "embed_dim": hidden,
+        "backbone": method["backbone"],
+        "steps": steps,
+        "max_steps": int(method["max_steps"]),
+        "stopped_by_time": steps < int(method["max_steps"]),
+        "batch_size": int(method["batch_size"]),
+        "pretrain_images": len(dm.dataset),
+        "pretrain_datasets": names,
+        "heldout_images": len(rows),
+        "resumed": resumed,
+        "fit_seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / max(1, steps), 3),
+        "check_seconds": round(time.perf_counter() - check_start, 2),
+        "torch_threads": torch.get_num_threads(),
+        "metrics": {
+            "heldout_loss_before": before,
+            "heldout_loss_after": after,
+            # zero-shot: greedy caption from the prefix alone names the class (or shape+colour)
+            "heldout_caption_names_class": fractions,
+        },
+        "samples": [dict(zip(("set", "reference", "target", "generated", "right"), s)) for s in samples[:12]],
+    }
+    summary["markdown"] = markdown(summary, samples)
+    save_frozen_encoder(encoder, out, extra={"llm": loaded.name, "summary": summary})
+    if ctx.logger is not None:
+        ctx.logger.log_metrics({"frozen_train": summary["metrics"]})
+        ctx.logger.log_table("frozen_train/heldout_captions", ["set", "reference", "target", "generated", "right"],
+                             samples)
+    return summary
