@@ -1,0 +1,384 @@
+"""Stage `fewshot_eval`: SPAE Table 1, few-shot open-ended classification by a frozen LLM, for every compared
+method (bench.compare) on the very same episodes, beside the paper's numbers.
+
+Steps:
+1. Sample each cell's episodes (Frozen's Real-Name protocol, seeded) from the evaluation split
+   (data.classification). Every method is evaluated on exactly these episodes.
+2. Train or reuse each compared model through its own cached stage, by a nested run of the pipeline with
+   the method swapped in (`train` for SPAE/LQAE, `frozen_train` for Frozen), so other runs and benches
+   reuse the same models.
+3. Render every image the episodes use once per method, in batches (words, or prefix embeddings).
+4. Build the LLM backend once and run every (method, cell): prompts and answers go to one JSONL file per
+   (method, cell) under the stage folder, appended as they finish, so an interrupted run resumes where it
+   stopped; copies land in the run folder.
+Summary: accuracy with 95% Wilson intervals per method and cell, a Markdown table beside the paper's
+numbers, what the pretraining covered, and the time per episode.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments.pipeline import StageContext, StageResult, run_stages, stage
+
+log = logging.getLogger(__name__)
+
+MODEL_STAGES = {"tokenizer": "train", "prefix": "frozen_train"}  # method kind -> the stage that trains it
+
+
+# ------------------------------------------------------------------------------------------ config
+def cells_from_config(bench: dict) -> list:
+    from benchmarks.fewshot import Cell
+
+    cells = []
+    for entry in bench.get("cells") or []:
+        try:
+            cells.append(Cell(int(entry["n_way"]), int(entry["shots"]), int(entry.get("repeats", 0)),
+                              bool(entry["task_induction"])))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"bench.cells entry {entry!r} needs n_way, shots, task_induction (and optionally "
+                             f"repeats): {err}") from None
+    if not cells:
+        raise ValueError("bench.cells is empty: list the cells to evaluate, e.g. "
+                         "[{n_way: 2, shots: 1, repeats: 0, task_induction: true}]")
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"bench.cells lists a cell twice: {sorted(k for k in keys if keys.count(k) > 1)}")
+    return cells
+
+
+def prompt_template(bench: dict):
+    from spae.fewshot.prompts import PromptTemplate
+
+    spec = bench.get("prompt")
+    if not isinstance(spec, dict):
+        raise ValueError(f"bench.prompt must be a prompt template (conf/prompt/*.yaml), got {spec!r}; choose one "
+                         "with `prompt@bench.prompt=<name>` (e.g. prompt@bench.prompt=qa)")
+    return PromptTemplate.from_dict(dict(spec))
+
+
+# ------------------------------------------------------------------------------------------ episodes
+def plan_episodes(label_names: list[str], cells: list, n_episodes: int, seed: int) -> dict[str, list]:
+    """{cell key: episodes}. Cells differing only in task induction get the same episodes (paired)."""
+    from spae.fewshot.episodes import sample_episodes
+
+    if n_episodes < 1:
+        raise ValueError(f"bench.episodes must be >= 1, got {n_episodes}")
+    return {c.key: sample_episodes(label_names, c.n_way, c.shots, n_episodes, seed=seed, repeats=c.repeats,
+                                   task_induction=c.task_induction) for c in cells}
+
+
+def used_images(episodes: dict[str, list]) -> list[int]:
+    """Sorted indices of every image any episode shows (support or query)."""
+    used = {i for eps in episodes.values() for e in eps for i, _ in [*e.support, e.query]}
+    return sorted(used)
+
+
+# ------------------------------------------------------------------------------------------ models
+def train_models(ctx: StageContext, methods: list) -> dict[str, StageResult]:
+    """Train (or reuse from the stage cache) the model of every compared method, by a nested pipeline run."""
+    cfg = ctx.cfg
+    out: dict[str, StageResult] = {}
+    for model in sorted({m.model for m in methods if m.model is not None}):
+        spec = cfg["bench"]["methods"][model]
+        target = MODEL_STAGES.get(spec.get("kind"))
+        if target is None:
+            raise ValueError(f"bench.methods.{model} has kind {spec.get('kind')!r}; the few-shot bench knows "
+                             f"{', '.join(MODEL_STAGES)}")
+        variant = {**cfg, "method": spec}
+        log.info("fewshot_eval: model of %s from stage %s (reused if cached, else trained now)", model, target)
+        results = run_stages([target], variant, Path(cfg["paths"]["cache_dir"]), ctx.run_dir, logger=ctx.logger,
+                             force=tuple(cfg.get("force") or ()))
+        out[model] = results[target]
+    return out
+
+
+def build_renderers(ctx: StageContext, methods: list, trained: dict[str, StageResult]) -> dict[str, tuple]:
+    """{slug: (renderer, image size)} for every compared method."""
+    from spae.fewshot.methods import clip_topk_renderer, prefix_renderer, tokenizer_renderer
+
+    cfg = ctx.cfg
+    renderers: dict[str, tuple] = {}
+    codebook = scorer = None
+    for m in methods:
+        if m.kind in ("tokenizer", "clip") and codebook is None:
+            from spae.codebook import Codebook
+
+            codebook = Codebook.load(ctx.input_dir("codebook"))
+        if m.kind == "tokenizer":
+            from spae.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(trained[m.model].dir, codebook)
+            if m.layers is not None and m.layers > tok.pyramid.num_layers:
+                raise ValueError(f"bench.compare asks {m.method} for layers 1-{m.layers}, but its pyramid has "
+                                 f"{tok.pyramid.num_layers} layer(s); lower `layers` or drop it")
+            renderers[m.slug] = (tokenizer_renderer(tok, m.layers), tok.spec.image_size)
+        elif m.kind == "prefix":
+            from spae.frozen_baseline import load_frozen_encoder
+
+            encoder = load_frozen_encoder(trained[m.model].dir)
+            renderers[m.slug] = (prefix_renderer(encoder), encoder.image_size)
+        else:
+            if scorer is None:
+                from spae.clip.scorer import RelevanceScorer
+
+                # same templates and cache folder as the train stage's semantic loss: text embeddings reused
+                scorer = RelevanceScorer.from_stage(ctx.input_dir("clip"), codebook.words,
+                                                    templates=list(cfg["clip"].get("templates") or ["{word}"]),
+                                                    cache_dir=Path(cfg["paths"]["cache_dir"]))
+            renderers[m.slug] = (clip_topk_renderer(scorer, m.k), scorer.clip.image_size)
+    return renderers
+
+
+def render_all(renderers: dict[str, tuple], images: list, indices: list[int], batch_size: int) -> dict[str, dict]:
+    """{slug: {image index: rendering}}: each method renders the episodes' images once."""
+    from spae.fewshot.methods import render_images
+
+    out = {}
+    for slug, (renderer, size) in renderers.items():
+        start = time.perf_counter()
+        rendered = render_images(renderer, images, size, batch_size, desc=f"render {slug}")
+        out[slug] = dict(zip(indices, rendered))
+        log.info("fewshot_eval: rendered %d images for %s in %.1fs", len(indices), slug, time.perf_counter() - start)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def build_llm(cfg: dict):
+    """The LLM backend of cfg["llm"], loaded once; bench.llm_batch_size overrides its batch size."""
+    from spae.llm.backends import build_backend
+
+    spec = dict(cfg["llm"])
+    if cfg["bench"].get("llm_batch_size") is not None:
+        spec["batch_size"] = int(cfg["bench"]["llm_batch_size"])
+    return build_backend(spec, cache_dir=Path(cfg["paths"]["cache_dir"]))
+
+
+def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, list], template, scoring: str,
+                     out_dir: Path, chunk_size: int = 16) -> dict[str, dict[str, dict]]:
+    """Every method on every cell's episodes. Returns {slug: {cell key: {"results", "seconds", "new"}}}.
+
+    Per (method, cell) the episodes' prompts and answers go to <out_dir>/<slug>/<cell key>.jsonl; a rerun
+    keeps what is there and evaluates the rest.
+    """
+    from tqdm.auto import tqdm
+
+    from spae.fewshot.engine import evaluate_episodes
+
+    total = sum(len(eps) for eps in episodes.values())
+    out: dict[str, dict[str, dict]] = {}
+    for slug, rendered in renderings.items():
+        out[slug] = {}
+        with tqdm(total=total, desc=f"few-shot {slug}", unit="episode") as bar:
+            for cell_key, eps in episodes.items():
+                path = Path(out_dir) / slug / f"{cell_key}.jsonl"
+                before = _finished_lines(path)
+                bar.update(min(before, len(eps)))
+                seen = [min(before, len(eps))]
+
+                def progress(done: int, _total: int, seen=seen) -> None:
+                    bar.update(done - seen[0])
+                    seen[0] = done
+
+                start = time.perf_counter()
+                results = evaluate_episodes(backend, eps, rendered.__getitem__, template, scoring=scoring,
+                                            jsonl_path=path, resume=True, chunk_size=chunk_size, progress=progress)
+                bar.update(len(eps) - seen[0])
+                out[slug][cell_key] = {"results": results, "seconds": time.perf_counter() - start,
+                                       "new": max(0, len(eps) - before)}
+    return out
+
+
+def _finished_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return path.read_bytes().count(b"\n")
+
+
+def cell_metrics(results: list) -> dict:
+    from spae.fewshot.engine import summarize
+
+    s = summarize(results)
+    return {"accuracy": s["accuracy"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"], "episodes": s["n"]}
+
+
+def mean_accuracy(per_cell: dict[str, dict]) -> float:
+    values = [v["accuracy"] for v in per_cell.values() if v["episodes"]]
+    return math.fsum(values) / len(values) if values else float("nan")
+
+
+def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained: dict) -> tuple:
+    """(metrics, per-cell summaries for the table, what each method is, timing), keyed by display label."""
+    from spae.fewshot.engine import summarize
+    from spae.fewshot.methods import tokens_per_image
+
+    metrics, for_table, methods_info, per_method_timing = {}, {}, {}, {}
+    for m in methods:
+        first = next(iter(renderings[m.slug].values()))
+        label = m.display_label(tokens_per_image(first))
+        per_cell = {key: cell_metrics(r["results"]) for key, r in evaluated[m.slug].items()}
+        metrics[label] = {**per_cell, "average": {"accuracy": mean_accuracy(per_cell), "cells": len(per_cell)}}
+        for_table[label] = {key: summarize(r["results"]) for key, r in evaluated[m.slug].items()}
+        new = sum(r["new"] for r in evaluated[m.slug].values())
+        seconds = sum(r["seconds"] for r in evaluated[m.slug].values())
+        per_method_timing[label] = {"seconds": round(seconds, 2), "episodes_run": new,
+                                    "seconds_per_episode": round(seconds / new, 3) if new else None}
+        methods_info[label] = {"slug": m.slug, "method": m.method, "layers": m.layers, "k": m.k,
+                               "tokens_per_image": tokens_per_image(first),
+                               "model_stage": (f"{trained[m.model].name}/{trained[m.model].key}"
+                                               if m.model else None),
+                               "model_reused": trained[m.model].cached if m.model else None,
+                               "model_train_seconds": round(trained[m.model].seconds, 2) if m.model else None,
+                               "model_summary": trained[m.model].summary if m.model else None}
+    return metrics, for_table, methods_info, per_method_timing
+
+
+# ------------------------------------------------------------------------------------------ fairness
+def image_digest(image) -> str:
+    """Hash of an image's pixels (mode and size included)."""
+    import numpy as np
+
+    return hashlib.sha1(f"{image.mode}{image.size}".encode() + np.asarray(image).tobytes()).hexdigest()
+
+
+def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None) -> dict:
+    """What the pretraining covered (datasets, classes shared with the evaluation) and a check, by pixel
+    hashes, that no image an episode shows was among the pretraining images."""
+    from spae.data import load_prepared
+
+    eval_hashes = {image_digest(img) for img in eval_rows}
+    eval_set = {c.lower() for c in eval_classes}
+    names = sorted((cfg["data"].get("pretrain") or {}).keys())
+    sets, checked, overlap, complete = {}, 0, 0, True
+    for name in names:
+        ds = load_prepared(data_dir, "pretrain", name)
+        classes = sorted({c for c in ds["label_name"] if c})
+        shared = sorted(c for c in classes if c.lower() in eval_set)
+        n = len(ds) if max_images is None else min(len(ds), max(0, int(max_images) - checked))
+        complete = complete and n == len(ds)
+        hits = sum(1 for img in ds.select(range(n))["image"] if image_digest(img) in eval_hashes) if n else 0
+        checked, overlap = checked + n, overlap + hits
+        sets[name] = {"images": len(ds), "classes": len(classes), "eval_classes_covered": shared,
+                      "images_checked": n, "eval_images_found": hits}
+    covered = "; ".join(f"{n}: {len(s['eval_classes_covered'])} of the {len(eval_set)} evaluation classes"
+                        for n, s in sets.items())
+    note = (f"classes covered by pretraining labels: {covered or 'none'}. "
+            f"{overlap} of the {len(eval_hashes)} distinct evaluation images the episodes use were found among "
+            f"{checked} pretraining images (pixel hashes)" + ("" if complete else ", a capped subset of them")
+            + "; evaluation images come from the evaluation split, pretraining from the train split.")
+    return {"pretraining": sets, "eval_images": len(eval_hashes), "eval_images_in_pretraining": overlap,
+            "pretraining_images_checked": checked, "check_complete": complete, "note": note}
+
+
+# ------------------------------------------------------------------------------------------ report
+def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fairness: dict, timing: dict,
+                    template_name: str, scoring: str, n_episodes: int, llm: dict) -> str:
+    from benchmarks.fewshot import table1_markdown
+    from spae.fewshot.scoring import SCORINGS
+    from spae.results import provenance
+
+    p = provenance(cfg)
+    stand_ins = [f"data {p['data']} ({cfg['data'].get('classification', {}).get('name')} stands in for "
+                 "mini-ImageNet)" if p["data_is_stand_in"] else None,
+                 f"CLIP {p['clip']} (trained here)" if p["clip_is_stand_in"] else None,
+                 f"LLM {p['llm']} (embedded, not PaLM 2)" if p["llm_is_embedded"] else None]
+    stand_ins = [s for s in stand_ins if s]
+    lines = ["### Few-shot classification (SPAE Table 1 protocol)", ""]
+    if stand_ins:
+        lines += ["Not the paper's setup, stand-ins: " + "; ".join(stand_ins) + ".", ""]
+    lines += [f"LLM: {llm.get('name')} through {llm.get('backend')}. Prompt `{template_name}`, scoring `{scoring}`: {SCORINGS[scoring]}. {n_episodes} episodes per cell, "
+              "the same episodes for every method.", ""]
+    lines += [table1_markdown(metrics_for_table).rstrip(), ""]
+    lines += ["| method | tokens per image | model | seconds per episode |", "|---|---:|---|---:|"]
+    for label, info in methods_info.items():
+        t = timing.get(label, {})
+        spe = t.get("seconds_per_episode")
+        lines.append(f"| {label} | {info['tokens_per_image']} | {info.get('model_stage') or '-'} | "
+                     f"{'-' if spe is None else f'{spe:.2f}'} |")
+    lines += ["", f"Fairness: pretraining sets {', '.join(fairness['pretraining']) or 'none'}; " + fairness["note"]]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ the stage
+@stage("fewshot_eval", deps=("data", "codebook", "clip"),
+       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
+def fewshot_eval(ctx: StageContext) -> dict:
+    from spae.data import load_prepared
+    from spae.fewshot.methods import as_record, parse_compare
+    from spae.fewshot.scoring import check_scoring
+    from spae.io import write_json_atomic
+
+    cfg, bench = ctx.cfg, ctx.cfg["bench"]
+    methods = parse_compare(bench.get("compare"), list((bench.get("methods") or {}).keys()))
+    if any(m.kind == "prefix" for m in methods) and cfg["llm"].get("backend") != "hf_local":
+        raise ValueError(f"Frozen feeds prefix embeddings to the LLM, which needs llm backend hf_local; llm="
+                         f"{cfg['llm'].get('name')!r} uses {cfg['llm'].get('backend')!r}. Drop frozen from "
+                         "bench.compare or choose a local LLM (llm=gemma3_270m, llm=hf).")
+    cells, template = cells_from_config(bench), prompt_template(bench)
+    scoring = check_scoring(str(bench.get("scoring", "exact")))
+    seed = int(bench["episode_seed"] if bench.get("episode_seed") is not None else cfg.get("seed", 0))
+    n_episodes = int(bench.get("episodes", 100))
+    timing: dict[str, Any] = {}
+
+    ds = load_prepared(ctx.input_dir("data"), "classification")
+    label_names = list(ds["label_name"])
+    if not any(label_names):
+        raise ValueError("the classification dataset has no class names (label_name is empty); the few-shot "
+                         "bench needs named classes")
+    episodes = plan_episodes(label_names, cells, n_episodes, seed)
+    indices = used_images(episodes)
+    images = ds.select(indices)["image"]
+    log.info("fewshot_eval: %d cells x %d episodes, %d distinct images, %d methods", len(cells), n_episodes,
+             len(indices), len(methods))
+
+    start = time.perf_counter()
+    trained = train_models(ctx, methods)
+    timing["models_seconds"] = round(time.perf_counter() - start, 2)
+
+    start = time.perf_counter()
+    renderers = build_renderers(ctx, methods, trained)
+    renderings = render_all(renderers, images, indices, int(bench.get("render_batch_size", 64)))
+    timing["render_seconds"] = round(time.perf_counter() - start, 2)
+    for slug, rendered in renderings.items():
+        write_json_atomic(ctx.out_dir / "renderings" / f"{slug}.json",
+                          {str(i): {"label": label_names[i], "rendering": as_record(r)} for i, r in rendered.items()})
+
+    start = time.perf_counter()
+    backend = build_llm(cfg)
+    timing["llm_load_seconds"] = round(time.perf_counter() - start, 2)
+    evaluated = evaluate_methods(backend, renderings, episodes, template, scoring, ctx.out_dir / "episodes",
+                                 int(bench.get("chunk_size", 32)))
+
+    metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained)
+    fairness = fairness_report(ctx.input_dir("data"), cfg, images, sorted(set(label_names)),
+                               bench.get("fairness_max_images"))
+    copied = copy_records(ctx.out_dir / "episodes", ctx.run_dir / "fewshot_eval")
+    markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
+                               n_episodes, backend.describe())
+    if ctx.logger is not None:
+        rows = [[label, key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"]]
+                for label, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
+        ctx.logger.log_table("fewshot/accuracy", ["method", "cell", "accuracy", "ci95_low", "ci95_high", "episodes"],
+                             rows)
+        ctx.logger.log_metrics({"fewshot": metrics})
+    return {"metrics": metrics, "markdown": markdown, "fairness": fairness, "methods": methods_info,
+            "timing": {**timing, "per_method": per_method_timing}, "prompt": template.name, "scoring": scoring,
+            "episodes_per_cell": n_episodes, "episode_seed": seed, "cells": [c.key for c in cells],
+            "llm": backend.describe(), "records": copied}
+
+
+def copy_records(src: Path, dst: Path) -> list[str]:
+    """Copy the per-(method, cell) JSONL files into the run folder (relative paths returned)."""
+    out = []
+    for path in sorted(Path(src).rglob("*.jsonl")):
+        rel = path.relative_to(src)
+        target = Path(dst) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        out.append(str(Path(dst.name) / rel))
+    return out

@@ -1,0 +1,203 @@
+"""The few-shot benchmark stage (experiments/stages/fewshot_eval.py) and its method renderers.
+
+Fast: the compared models and the codebook/CLIP stages are replaced by fakes (words computed from the
+pixels), the LLM by the rule-based dummy backend, the data by tiny Fashion-MNIST idx files; the stage's own
+orchestration (episodes, rendering, per-(method, cell) JSONL with resume, summary, results.json) is real.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _data_fixtures import tiny_fashion_mnist
+from conftest import compose
+
+import experiments.stages  # noqa: F401  (registers the stages)
+from experiments.pipeline import STAGES, StageResult, StageSpec
+from experiments.run import execute
+from experiments.stages import fewshot_eval as fe
+from spae.fewshot.methods import ComparedMethod, parse_compare, render_images, tokens_per_image
+from spae.llm.dummy import DummyBackend
+
+COMPARE = "bench.compare=[{method: spae, layers: 2},{method: lqae},{method: clip_topk, k: 3}]"
+CELLS = ("bench.cells=[{n_way: 2, shots: 1, repeats: 0, task_induction: false},"
+         "{n_way: 2, shots: 1, repeats: 0, task_induction: true},{n_way: 5, shots: 1, repeats: 1, task_induction: true}]")
+
+
+# ------------------------------------------------------------------------------------------ fakes
+def _words_renderer(prefix: str, n_words: int):
+    """Words from coarse pixel statistics: similar images share words, so the dummy LLM answers non-trivially."""
+
+    def render(images: torch.Tensor) -> list[list[str]]:
+        out = []
+        for img in images:
+            stats = [img.mean(), img[:, :8].mean(), img[:, 8:].mean(), img.std()]
+            out.append([f"{prefix}{i}v{int(float(s) * 6)}" for i, s in enumerate(stats[:n_words])])
+        return out
+
+    return render
+
+
+def _fake_build_renderers(ctx, methods, trained):
+    return {m.slug: (_words_renderer(m.slug[:2], 2 if m.layers else 4), 16) for m in methods}
+
+
+def _fake_train_models(ctx, methods):
+    return {m.model: StageResult("train", f"fake-{m.model}", ctx.out_dir, {"fake": True}, True, 0.0)
+            for m in methods if m.model}
+
+
+class FailingDummy(DummyBackend):
+    """Dies (like a killed process) after `calls` generate calls."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def generate(self, prompts, max_new_tokens, stop):
+        if self.calls <= 0:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls -= 1
+        return super().generate(prompts, max_new_tokens, stop)
+
+
+@pytest.fixture
+def stage_env(tmp_path, monkeypatch):
+    """Tiny data; fake codebook/clip stages and models; returns a function composing the bench config."""
+    fm = tiny_fashion_mnist(tmp_path / "fm", n_train=30, n_test=60)
+    noop = lambda ctx: {}  # noqa: E731
+    monkeypatch.setitem(STAGES._items, "codebook", StageSpec("codebook", noop))
+    monkeypatch.setitem(STAGES._items, "clip", StageSpec("clip", noop))
+    monkeypatch.setattr(fe, "train_models", _fake_train_models)
+    monkeypatch.setattr(fe, "build_renderers", _fake_build_renderers)
+
+    def cfg(*extra: str, cache: str = "cache", runs: str = "runs"):
+        return compose(["+bench=mini_imagenet", f"paths.cache_dir={tmp_path / cache}",
+                        f"paths.runs_dir={tmp_path / runs}", "logger=none", "llm=smollm2_135m", "llm.backend=dummy",
+                        f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
+                        "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
+                        COMPARE, CELLS, "bench.episodes=12", "bench.chunk_size=5", *extra])
+
+    return cfg
+
+
+def _stage_dir(root, name="fewshot_eval"):
+    (d,) = [p for p in (root / "stages" / name).iterdir() if p.is_dir()]
+    return d
+
+
+def _records(stage_dir):
+    return {p.relative_to(stage_dir / "episodes").as_posix(): [json.loads(l) for l in p.read_text().splitlines()]
+            for p in sorted((stage_dir / "episodes").rglob("*.jsonl"))}
+
+
+# ------------------------------------------------------------------------------------------ stage
+def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage_env, tmp_path):
+    results = json.loads(execute(stage_env()).read_text())
+    metrics = results["metrics"]["fewshot_eval"]
+    assert set(metrics) == {"SPAE (2 tokens, layers 1-2)", "LQAE (4 tokens, all layers)", "CLIP top-3 words"}
+    cells = {"2way-noti-1shot-0rep", "2way-ti-1shot-0rep", "5way-ti-1shot-1rep"}
+    for per_cell in metrics.values():
+        assert set(per_cell) == cells | {"average"}
+        for key in cells:
+            m = per_cell[key]
+            assert m["episodes"] == 12 and m["ci95_low"] <= m["accuracy"] <= m["ci95_high"]
+    records = _records(_stage_dir(tmp_path / "cache"))
+    assert len(records) == 9 and all(len(r) == 12 for r in records.values())
+    by_cell: dict[str, list] = {}
+    for name, rows in records.items():
+        by_cell.setdefault(name.split("/")[1], []).append(
+            [(r["episode_id"], r["target"], r["classes"], r["task_induction"]) for r in rows])
+    for cell, per_method in by_cell.items():  # every method answered the very same episodes
+        assert len(per_method) == 3 and all(p == per_method[0] for p in per_method), cell
+    # induction on/off cells are paired: same episodes, only the induction flag differs
+    assert [e[:3] for e in by_cell["2way-ti-1shot-0rep.jsonl"][0]] == \
+        [e[:3] for e in by_cell["2way-noti-1shot-0rep.jsonl"][0]]
+    md = (tmp_path / "runs").rglob("results.md").__next__().read_text()
+    assert "| SPAE (2 tokens, layers 1-2) (ours) |" in md and "| SPAE_PaLM (paper) |" in md
+    assert "stand-ins" in md and "Fairness" in md
+    summary = json.loads((_stage_dir(tmp_path / "cache") / "_SUCCESS.json").read_text())["summary"]
+    assert summary["fairness"]["eval_images"] > 0 and "pretraining" in summary["fairness"]
+    run_records = list((tmp_path / "runs").rglob("fewshot_eval/*/*.jsonl"))
+    assert len(run_records) == 9
+
+
+def test_same_seed_same_episodes_and_accuracies_other_seed_differs(stage_env, tmp_path):
+    first = json.loads(execute(stage_env(cache="a", runs="ra")).read_text())["metrics"]["fewshot_eval"]
+    again = json.loads(execute(stage_env(cache="b", runs="rb")).read_text())["metrics"]["fewshot_eval"]
+    assert first == again
+    assert _records(_stage_dir(tmp_path / "a")) == _records(_stage_dir(tmp_path / "b"))
+    execute(stage_env("seed=1", cache="c", runs="rc"))
+    ids = lambda root: [(r["classes"], r["target"]) for r in _records(_stage_dir(root))["spae-l2/2way-ti-1shot-0rep.jsonl"]]  # noqa: E731
+    assert ids(tmp_path / "c") != ids(tmp_path / "a")
+
+
+def test_interrupted_evaluation_resumes_and_matches_an_uninterrupted_run(stage_env, tmp_path, monkeypatch):
+    import spae.llm.backends as backends
+
+    reference = json.loads(execute(stage_env(cache="ref", runs="rref")).read_text())["metrics"]["fewshot_eval"]
+    real_build = backends.build_backend
+    monkeypatch.setattr(backends, "build_backend", lambda spec, loaded=None, cache_dir=None: FailingDummy(4))
+    with pytest.raises(KeyboardInterrupt):
+        execute(stage_env())
+    partial = _records(_stage_dir(tmp_path / "cache"))
+    done = sum(len(r) for r in partial.values())
+    assert 0 < done < 9 * 12 and not (_stage_dir(tmp_path / "cache") / "_SUCCESS.json").exists()
+    calls = []
+
+    def counting(spec, loaded=None, cache_dir=None):
+        backend = real_build(spec, loaded, cache_dir)
+        original = backend.generate
+        backend.generate = lambda prompts, *a: calls.append(len(prompts)) or original(prompts, *a)
+        return backend
+
+    monkeypatch.setattr(backends, "build_backend", counting)
+    resumed = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
+    assert sum(calls) == 9 * 12 - done  # only the missing episodes ran
+    assert resumed == reference
+    assert _records(_stage_dir(tmp_path / "cache")) == _records(_stage_dir(tmp_path / "ref"))
+
+
+def test_frozen_needs_a_local_llm(stage_env):
+    with pytest.raises(ValueError, match="hf_local"):
+        execute(stage_env("bench.compare=[{method: frozen}]"))
+
+
+def test_prompt_must_be_a_template(stage_env):
+    with pytest.raises(ValueError, match=r"prompt@bench.prompt"):
+        execute(stage_env("bench.prompt=qa"))
+
+
+# ------------------------------------------------------------------------------------------ library
+def test_parse_compare_validates_entries():
+    methods = parse_compare([{"method": "spae", "layers": 2}, {"method": "clip_topk", "k": 5}, {"method": "frozen"}],
+                            ["spae", "lqae", "frozen"])
+    assert [m.slug for m in methods] == ["spae-l2", "clip_topk-k5", "frozen"]
+    assert [m.model for m in methods] == ["spae", None, "frozen"]
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_compare([{"method": "dalle"}])
+    with pytest.raises(ValueError, match="needs k"):
+        parse_compare([{"method": "clip_topk"}])
+    with pytest.raises(ValueError, match="applies to spae and lqae"):
+        parse_compare([{"method": "frozen", "layers": 2}])
+    with pytest.raises(ValueError, match="twice"):
+        parse_compare([{"method": "lqae"}, {"method": "lqae"}])
+    with pytest.raises(ValueError, match="bench.methods.lqae"):
+        parse_compare([{"method": "lqae"}], ["spae"])
+    assert ComparedMethod("spae", layers=3).display_label(21) == "SPAE (21 tokens, layers 1-3)"
+
+
+def test_render_images_batches_and_keeps_order():
+    from PIL import Image
+
+    images = [Image.new("L", (28, 28), v) for v in range(0, 250, 25)]
+    seen = []
+
+    def renderer(batch):
+        seen.append(batch.shape)
+        return [[f"v{int(round(float(x.mean()) * 10))}"] for x in batch]
+
+    out = render_images(renderer, images, 16, batch_size=4)
+    assert [s[0] for s in seen] == [4, 4, 2] and seen[0][1:] == (3, 16, 16)
+    assert out == [[f"v{int(round(v / 255 * 10))}"] for v in range(0, 250, 25)]
+    assert tokens_per_image([["a"], ["b", "c"]]) == 3 and tokens_per_image(torch.zeros(2, 8)) == 2

@@ -1,0 +1,64 @@
+"""The few-shot bench end to end with every real stage (data, codebook, CLIP, SPAE/LQAE/Frozen training,
+evaluation) at toy size: a tiny random HF LLM (word-level tokenizer) as both codebook source and reader,
+tiny Fashion-MNIST idx files, 2 training steps per model. Slow: it trains four small models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from _data_fixtures import tiny_fashion_mnist
+from _llm_fixtures import save_tiny_lm
+from conftest import compose
+
+import experiments.stages  # noqa: F401  (registers the stages)
+from experiments.pipeline import STAGES
+from experiments.run import execute
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.image_size=16", "model.latent_size=4", "model.channels=[8,16,16]", "model.groups=4",
+        "model.layers=[1,2,4]", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.max_time_s=null",
+        "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=1", "clip.train.steps=2",
+        "clip.train.batch_size=4", "clip.train.warmup_steps=1", "clip.train.checkpoint_every=1"]
+METHODS = ["bench.methods.spae.loss.perceptual=none", "bench.methods.lqae.loss.perceptual=none",
+           "bench.methods.spae.semantic.num_negatives=null", "bench.methods.frozen.backbone=conv",
+           "bench.methods.frozen.pretrained_backbone=false", "bench.methods.frozen.max_steps=2",
+           "bench.methods.frozen.batch_size=4", "bench.methods.frozen.heldout_images=2",
+           "bench.methods.frozen.heldout_max_new_tokens=2", "bench.methods.frozen.image_size=16"]
+
+
+def test_real_stages_train_once_and_the_bench_reuses_them(tmp_path):
+    if "clip" not in STAGES:
+        pytest.skip("the clip stage is not registered yet")
+    lm = save_tiny_lm(tmp_path / "lm")
+    fm = tiny_fashion_mnist(tmp_path / "fm", n_train=40, n_test=40)
+    spec = f"{{name: tiny, backend: hf_local, source: hf, model_id: '{lm}', dtype: float32}}"
+
+    def cfg(*extra):
+        return compose(["+bench=mini_imagenet", f"paths.cache_dir={tmp_path / 'cache'}",
+                        f"paths.runs_dir={tmp_path / 'runs'}", "logger=none",
+                        "llm=hf", f"llm.model_id={lm}", "llm.dtype=float32", "llm.name=tiny",
+                        "~codebook.source", f"+codebook.source={spec}", "codebook.min_zipf=null",
+                        f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
+                        "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
+                        "bench.episodes=4", "bench.llm_batch_size=4", *TINY, *METHODS, *extra])
+
+    results = json.loads(execute(cfg()).read_text())
+    metrics = results["metrics"]["fewshot_eval"]
+    assert len(metrics) == 5  # SPAE 5 and 21 tokens, LQAE, Frozen, CLIP top-5
+    assert all(v["episodes"] == 4 for per_cell in metrics.values() for k, v in per_cell.items() if k != "average")
+    summary = json.loads(next((tmp_path / "cache" / "stages" / "fewshot_eval").glob("*/_SUCCESS.json")).read_text())
+    info = summary["summary"]["methods"]
+    assert {m["tokens_per_image"] for m in info.values() if m["method"] == "spae"} == {5, 21}
+    assert next(m for m in info.values() if m["method"] == "frozen")["tokens_per_image"] == 2
+    trained = {m["model_stage"] for m in info.values() if m["model_stage"]}
+    assert len(trained) == 3  # spae, lqae, frozen: one model each, SPAE's shared by its two entries
+    # another bench (other cells) reuses every trained model
+    again = json.loads(execute(cfg("bench.cells=[{n_way: 2, shots: 1, repeats: 0, task_induction: false}]")).read_text())
+    info2 = json.loads(next(p for p in (tmp_path / "cache" / "stages" / "fewshot_eval").glob("*/_SUCCESS.json")
+                            if json.loads(p.read_text())["summary"]["cells"] == ["2way-noti-1shot-0rep"])
+                       .read_text())["summary"]["methods"]
+    assert {m["model_stage"] for m in info2.values() if m["model_stage"]} == trained
+    assert not any(m["model_reused"] for m in info.values() if m["model_stage"])
+    assert all(m["model_reused"] for m in info2.values() if m["model_stage"])
+    assert set(again["metrics"]["fewshot_eval"]) == set(metrics)
