@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.pipeline import run_stages
 from spae.errors import UserError
 from spae.hashing import stable_hash
-from spae.results import build_results, write_results
+from spae.results import build_results, method_label, write_results
 
 log = logging.getLogger("experiments.run")
 
@@ -41,8 +41,22 @@ def config_hash(cfg: dict) -> str:
 
 def run_id(cfg: dict) -> str:
     """Deterministic, readable, collision-free: same config -> same folder; any change -> another."""
-    parts = [cfg["bench"]["name"], cfg["method"]["name"], cfg["data"]["name"], cfg["llm"]["name"]]
+    from spae.io import safe_name
+
+    parts = [safe_name(cfg[group]["name"], f"{group}.name") for group in ("bench", "method", "data", "llm")]
     return "-".join(parts) + "-" + config_hash(cfg)
+
+
+def check_no_secrets(cfg: dict) -> None:
+    """API keys come only from the environment: a config holding one is refused before anything runs
+    (it would otherwise reach results.json, the stage markers and W&B)."""
+    from spae.logging_utils import secrets_in_config
+
+    found = secrets_in_config(cfg)
+    if found:
+        raise ConfigError("the config holds secrets at " + ", ".join(found) + ". Put secrets in environment "
+                          "variables and name the variable in the config (e.g. llm.api_key_env=OPENAI_API_KEY), "
+                          "never the value.")
 
 
 def set_offline_env(offline: bool) -> None:
@@ -76,10 +90,11 @@ def execute(cfg: DictConfig) -> Path:
     assert isinstance(container, dict)
     for key in ("root_dir", "cache_dir", "runs_dir"):
         container["paths"][key] = str(Path(container["paths"][key]).expanduser().resolve())
+    check_no_secrets(container)
     set_offline_env(bool(container.get("offline", True)))
 
     import experiments.stages  # noqa: F401  (registers every stage)
-    from spae.logging_utils import RunLogger
+    from spae.logging_utils import RunLogger, redact
 
     identity = run_id(container)
     run_dir = Path(container["paths"]["runs_dir"]) / container["bench"]["name"] / identity
@@ -99,7 +114,7 @@ def execute(cfg: DictConfig) -> Path:
                 markdown.append(summary["markdown"])
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
-        payload = build_results(container, config_hash(container), metrics, stage_seconds,
+        payload = build_results(redact(container), config_hash(container), metrics, stage_seconds,
                                 extra={"run_id": identity, "stages_reused": cached,
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")

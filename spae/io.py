@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
+from spae.errors import MissingFileError, UserError
+
+
+def safe_name(value: Any, what: str) -> str:
+    """A config value used as one path component: it must not climb out of (or jump outside) its folder."""
+    name = str(value)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise PathEscapeError(f"{what}={value!r} is used as a folder name, so it must be a plain name without "
+                              "'/', '\\' or '..' (e.g. my_dataset); rename it")
+    return name
 
 
 @contextmanager
@@ -39,7 +50,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars (torch is not imported here)
         return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
@@ -51,13 +62,47 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # imported on use: the pipeline and JSON helpers must not pay torch's import time
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def torch_load_safe(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load tensors/state dicts only (weights_only=True): a checkpoint can never run code."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; rerun the stage that writes it")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise MissingFileError(f"checkpoint {path} does not exist; rerun the stage that writes it (or, if "
+                               "you passed this path, check it)")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint (not a zip archive); "
+                              "delete it and rerun the stage that writes it")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused an object: not a plain tensor checkpoint
+        raise CheckpointError(f"checkpoint {path} holds more than tensors and plain containers, so it is not "
+                              f"loaded (weights_only=True: loading it could run code). Re-save it as a state "
+                              f"dict, or delete it and rerun the stage that writes it. ({_refused(err)})") from None
+    except (RuntimeError, EOFError, OSError) as err:  # truncated / not a torch file at all
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint ({_first_line(err)}); "
+                              "delete it and rerun the stage that writes it") from None
+
+
+class PathEscapeError(UserError, ValueError):
+    """A config value would place project files outside the run/cache folders."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file that cannot be loaded safely (damaged, or holding arbitrary objects)."""
+
+
+def _refused(err: BaseException) -> str:
+    """The line of torch's message that names the refused object (not its advice to disable the check)."""
+    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return (lines[0] if lines else _first_line(err))[:200]
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

@@ -12,20 +12,60 @@ import re
 from pathlib import Path
 from typing import Any
 
+from spae.errors import InvalidConfigError
+
 log = logging.getLogger(__name__)
 
-_SECRET_PATTERN = re.compile(r"(api[_-]?key|secret|token|password)", re.IGNORECASE)
+
+class ConfigConflictError(InvalidConfigError):
+    """Two config choices that cannot hold together (e.g. online W&B in offline mode)."""
+
+# A key names a secret when its last word is one of these (hf_token, api_key, OPENAI_API_KEY, password),
+# so that max_new_tokens or token_ids are not taken for secrets; *_env keys hold variable names.
+_SECRET_PATTERN = re.compile(r"(^|[_\-.])(api[_-]?key|apikey|access[_-]?key|secret([_-]?key)?|token|password|passwd)$",
+                             re.IGNORECASE)
+_MIN_SECRET_CHARS = 8  # shorter environment values are too common to be told apart from ordinary text
+
+
+def is_secret_key(key: Any) -> bool:
+    return bool(_SECRET_PATTERN.search(str(key)))
 
 
 def redact(obj: Any) -> Any:
     """Drop values whose key looks like a secret. Keys name env vars in our configs, never values,
     but a user override could still put a secret in; it must not reach W&B or results."""
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if _SECRET_PATTERN.search(str(k)) and not str(k).endswith("_env")
-                    else redact(v)) for k, v in obj.items()}
+        return {k: ("<redacted>" if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def secrets_in_config(cfg: Any, environ: dict | None = None) -> list[str]:
+    """Where a config holds a secret: a secret-looking key with a value, or any value containing the
+    value of a secret-looking environment variable (e.g. an override `x=${oc.env:OPENAI_API_KEY}`).
+    Returns "path (why)" strings; never the secret itself."""
+    environ = os.environ if environ is None else environ
+    env_secrets = {name: value for name, value in environ.items()
+                   if is_secret_key(name) and len(value) >= _MIN_SECRET_CHARS}
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if is_secret_key(key) and value not in (None, "", "???"):
+                    found.append(f"{where} (a secret-looking key with a value)")
+                else:
+                    walk(value, where)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+        elif isinstance(node, str):
+            found.extend(f"{path} (holds the value of ${name})" for name, v in env_secrets.items() if v in node)
+
+    walk(cfg, "")
+    return found
 
 
 class RunLogger:
@@ -53,13 +93,13 @@ class RunLogger:
             self._wandb_run = None
 
     def _start_wandb(self) -> None:
-        import wandb
-
         opts = self.cfg.get("logger", {})
         mode = opts.get("mode", "offline")
-        if self.cfg.get("offline", True) and mode == "online":
-            raise ValueError("logger=wandb (online) conflicts with offline=true; use logger=wandb_offline "
-                             "or set offline=false")
+        if self.cfg.get("offline", True) and mode == "online":  # checked before the (slow) wandb import
+            raise ConfigConflictError("logger=wandb (online) conflicts with offline=true; use "
+                                      "logger=wandb_offline, or set offline=false to log online")
+        import wandb
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._wandb_run = wandb.init(
             project=opts.get("project", "spae"), entity=opts.get("entity"), group=opts.get("group"),

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from spae.errors import InvalidConfigError
+
 POOLING_MODES = ("mean", "subsample")
 
 
@@ -136,26 +138,26 @@ def _as_int(value, what: str) -> int:
             raise TypeError
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}.") from None
+        raise InvalidConfigError(f"{what} must be a positive integer, got {value!r}.") from None
 
 
 def _validated_sides(layer_sides: Sequence[int], latent_size: int) -> list[int]:
     latent_size = _as_int(latent_size, "latent_size")
     if latent_size < 1:
-        raise ValueError(f"latent_size must be a positive integer, got {latent_size}.")
+        raise InvalidConfigError(f"latent_size must be a positive integer, got {latent_size}.")
     sides = [_as_int(s, "Every layer side") for s in layer_sides]
     if not sides:
-        raise ValueError("layer_sides is empty: give at least one layer side, e.g. [1, 2, 4, 8, 8].")
+        raise InvalidConfigError("layer_sides is empty: give at least one layer side, e.g. [1, 2, 4, 8, 8].")
     for s in sides:
         if s < 1:
-            raise ValueError(f"Every layer side must be a positive integer, got {s} in {sides}.")
+            raise InvalidConfigError(f"Every layer side must be a positive integer, got {s} in {sides}.")
         if s > latent_size:
-            raise ValueError(f"Layer side {s} exceeds latent_size {latent_size}: a layer cannot have more "
+            raise InvalidConfigError(f"Layer side {s} exceeds latent_size {latent_size}: a layer cannot have more "
                              f"tokens per side than the latent grid has positions.")
         if latent_size % s:
             divisors = [d for d in range(1, latent_size + 1) if latent_size % d == 0]
-            raise ValueError(f"Layer side {s} does not divide latent_size {latent_size}, so its cells would be "
+            raise InvalidConfigError(f"Layer side {s} does not divide latent_size {latent_size}, so its cells would be "
                              f"unequal; use one of {divisors}.")
     if any(b < a for a, b in zip(sides, sides[1:])):
-        raise ValueError(f"layer_sides must be non-decreasing (coarse to fine), got {sides}.")
+        raise InvalidConfigError(f"layer_sides must be non-decreasing (coarse to fine), got {sides}.")
     return sides

@@ -52,11 +52,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spae.errors import InvalidConfigError, InvalidInputError
 from spae.nn_search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, exact_fp32, nearest, squared_norms
 from spae.pyramid import POOLING_MODES, Pyramid
 from spae.registry import Registry
 
 QUANTIZERS: Registry[type["PyramidQuantizer"]] = Registry("quantizer")
+
+
+class NonFiniteLatentError(InvalidInputError):
+    """NaN/Inf reached the quantizer (bad input pixels or a diverged encoder)."""
 
 
 @dataclass
@@ -93,9 +98,9 @@ class PyramidQuantizer(nn.Module):
         if not isinstance(pyramid, Pyramid):
             raise TypeError(f"pyramid must be a spae.pyramid.Pyramid, got {type(pyramid).__name__}.")
         if beta < 0:
-            raise ValueError(f"beta (commitment weight) must be >= 0, got {beta}.")
+            raise InvalidConfigError(f"beta (commitment weight) must be >= 0, got {beta}.")
         if pooling not in POOLING_MODES:
-            raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLING_MODES}.")
+            raise InvalidConfigError(f"Unknown pooling {pooling!r}; choose one of {POOLING_MODES}.")
         self.pyramid = pyramid
         self.beta = float(beta)
         self.pooling = pooling
@@ -184,6 +189,12 @@ class PyramidQuantizer(nn.Module):
                              f"latent {size}x{size}), got {list(z.shape)}.")
         if not z.is_floating_point():
             raise TypeError(f"z must be a floating-point tensor, got {z.dtype}.")
+        # One reduction per step; without it a NaN would silently pick code 0 everywhere and train on.
+        if not bool(torch.isfinite(z).all()):
+            raise NonFiniteLatentError(
+                "The encoder output z contains NaN or Inf values, so no codebook word can be chosen. Check the "
+                "input batch for NaN/Inf pixels; if the inputs are finite, training diverged: lower the "
+                "learning rate, enable gradient clipping, or resume from an earlier checkpoint.")
 
     def _check_codes(self, idx: torch.Tensor, li: int) -> torch.Tensor:
         n = self.pyramid.token_counts[li]

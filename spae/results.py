@@ -36,13 +36,26 @@ def provenance(cfg: dict) -> dict:
     }
 
 
+def method_label(cfg: dict) -> str:
+    """The method a run evaluates; a bench that compares several (bench.compare) names them all."""
+    compare = (cfg.get("bench") or {}).get("compare")
+    if compare:
+        names = []
+        for entry in compare:
+            name = entry.get("method") if isinstance(entry, dict) else str(entry)
+            if name not in names:
+                names.append(name)
+        return "+".join(names)
+    return (cfg.get("method") or {}).get("name", "unknown")
+
+
 def build_results(cfg: dict, config_hash: str, metrics: dict, stage_seconds: dict[str, float],
                   extra: dict | None = None) -> dict:
     bench = cfg.get("bench", {})
     return {
         "bench": bench.get("name"),
         "task": bench.get("task"),
-        "method": cfg.get("method", {}).get("name"),
+        "method": method_label(cfg),
         **provenance(cfg),
         "dataset": _dataset_for_task(cfg),
         "seed": cfg.get("seed"),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spae.errors import InvalidConfigError
 from spae.nn_search import exact_fp32, squared_norms
 
 TARGET_MODES = ("sample", "all")
@@ -71,11 +72,11 @@ class SemanticLoss(nn.Module):
         self.thresholds = _validated_thresholds(thresholds)
         self.layers = _validated_layers(layers, len(self.thresholds))
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
+            raise InvalidConfigError(f"temperature must be > 0, got {temperature}.")
         if num_negatives is not None and num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0 or None (full codebook), got {num_negatives}.")
+            raise InvalidConfigError(f"num_negatives must be >= 0 or None (full codebook), got {num_negatives}.")
         if target not in TARGET_MODES:
-            raise ValueError(f"Unknown target {target!r}; choose one of {TARGET_MODES}.")
+            raise InvalidConfigError(f"Unknown target {target!r}; choose one of {TARGET_MODES}.")
         if codebook.dim() != 2 or codebook.shape[0] < 1:
             raise ValueError(f"codebook must be a non-empty [K, D] tensor, got {list(codebook.shape)}.")
         self.temperature = float(temperature)
@@ -198,7 +199,7 @@ def schedule_weight(
     ``cosine_decay``: linear warmup, then cosine from ``weight`` to ``final_weight`` at ``total_steps``.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
+        raise InvalidConfigError(f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
     if step < 0 or warmup_steps < 0:
         raise ValueError(f"step and warmup_steps must be >= 0, got {step}, {warmup_steps}.")
     if schedule == "constant":
@@ -208,7 +209,7 @@ def schedule_weight(
     if schedule == "linear_warmup":
         return float(weight)
     if total_steps is None or total_steps <= warmup_steps:
-        raise ValueError(f"cosine_decay needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps}.")
+        raise InvalidConfigError(f"cosine_decay needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps}.")
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
     return float(final_weight + (weight - final_weight) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
@@ -216,21 +217,21 @@ def schedule_weight(
 def _validated_thresholds(thresholds: Sequence[float]) -> list[float]:
     values = [float(t) for t in thresholds]
     if not values:
-        raise ValueError("thresholds is empty: give one rho_l in [0, 1] per pyramid layer.")
+        raise InvalidConfigError("thresholds is empty: give one rho_l in [0, 1] per pyramid layer.")
     bad = [t for t in values if not 0.0 <= t <= 1.0]
     if bad:
-        raise ValueError(f"Every threshold rho_l must lie in [0, 1] (relevance is min-max normalised), got {bad}.")
+        raise InvalidConfigError(f"Every threshold rho_l must lie in [0, 1] (relevance is min-max normalised), got {bad}.")
     return values
 
 
 def _validated_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     values = [int(x) for x in layers]
     if not values:
-        raise ValueError("layers is empty: name at least one 1-based pyramid layer to guide, e.g. [1, 2].")
+        raise InvalidConfigError("layers is empty: name at least one 1-based pyramid layer to guide, e.g. [1, 2].")
     bad = [x for x in values if not 1 <= x <= num_layers]
     if bad:
-        raise ValueError(f"Semantic layers {bad} out of range: layers are 1-based numbers in 1..{num_layers} "
+        raise InvalidConfigError(f"Semantic layers {bad} out of range: layers are 1-based numbers in 1..{num_layers} "
                          f"(one threshold is given per pyramid layer).")
     if len(set(values)) != len(values):
-        raise ValueError(f"Semantic layers must not repeat, got {values}.")
+        raise InvalidConfigError(f"Semantic layers must not repeat, got {values}.")
     return sorted(values)

@@ -38,7 +38,8 @@ def pretraining_sets(ctx: StageContext, enrich: bool, per_set_limit: int | None,
                                       limit=per_set_limit, seed=seed) for name in names]
 
 
-@stage("clip", deps=("data",), config_keys=("clip", "data.pretrain", "data.max_pretrain_images", "seed"))
+@stage("clip", deps=("data",), version=2,  # 2: clip.json config without `extra`
+       config_keys=("clip", "data.pretrain", "data.max_pretrain_images", "seed"))
 def clip_stage(ctx: StageContext) -> dict:
     from spae.clip.loading import STAGE_RECORD, load_clip
 

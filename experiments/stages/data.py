@@ -3,6 +3,8 @@
 Pretraining sets (data.pretrain.*) contribute their train split, limited by data.max_pretrain_images;
 evaluation sets (data.classification / vqa / captioning / generation) their eval split, whole. A set
 that cannot be had (e.g. a hub dataset offline) fails the stage with its clear error: nothing is skipped.
+Images that cannot be decoded (empty, truncated, oversized files) are dropped and counted: the stage's
+metrics give `skipped_images` for a dataset that had any, and its summary lists why (docs/reliability.md).
 Later stages read them with spae.data.load_prepared(ctx.input_dir("data"), role, name).
 """
 from __future__ import annotations
@@ -56,7 +58,8 @@ def markdown_table(rows: dict[str, dict], stand_in: bool) -> str:
 
 @stage("data", config_keys=("data", "seed"))
 def prepare_data(ctx: StageContext) -> dict:
-    from spae.data import load_split, save_prepared
+    from spae.data import drop_unreadable_images, load_split, save_prepared
+    from spae.io import read_json, write_json_atomic
     from spae.data.prepared import prepared_path
 
     cfg = ctx.cfg
@@ -64,23 +67,32 @@ def prepare_data(ctx: StageContext) -> dict:
     offline = bool(cfg.get("offline", True))
     metrics: dict[str, dict] = {}
     saved: dict[str, str] = {}
+    skipped: dict[str, list[str]] = {}
     for role, name, spec, split, limit in planned(cfg["data"]):
         key = f"{role}/{name}"
         target = prepared_path(ctx.out_dir, role, name)
         start = time.perf_counter()
+        skipped_file = target.parent / f"{name}.skipped.json"
         if (target / "state.json").exists():  # resuming an interrupted stage
             from spae.data import load_prepared
             ds = load_prepared(ctx.out_dir, role, name)
+            reasons = read_json(skipped_file) if skipped_file.exists() else []
         else:
             ds = load_split({**spec, "cache_dir": cache_dir}, split, offline=offline, limit=limit,
                             seed=int(cfg.get("seed", 0)))
+            ds, reasons = drop_unreadable_images(ds)
+            write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
             save_prepared(ds, ctx.out_dir, role, name)
         sources = sorted({s for s in ds.unique("caption_source") if s})
         metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none"}
+        if reasons:
+            log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
+            metrics[key]["skipped_images"] = len(reasons)
+            skipped[key] = reasons[:20]
         saved[key] = str(Path(role) / name)
         log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
     numbers = {k: {m: v for m, v in r.items() if m != "caption_source"} for k, r in metrics.items()}
     if ctx.logger is not None:
         ctx.logger.log_metrics({"data": numbers})
     return {"metrics": numbers, "markdown": markdown_table(metrics, bool(cfg["data"].get("stand_in"))),
-            "datasets": saved, "stand_in": bool(cfg["data"].get("stand_in"))}
+            "datasets": saved, "stand_in": bool(cfg["data"].get("stand_in")), "skipped_images": skipped}

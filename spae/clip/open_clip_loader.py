@@ -18,15 +18,16 @@ import os
 from pathlib import Path
 
 from spae.clip.handle import ClipHandle
+from spae.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
 
-class ClipConfigError(ValueError):
+class ClipConfigError(UserError, ValueError):
     """The CLIP config cannot give correct scores; the message says what to change."""
 
 
-class ClipWeightsUnavailable(RuntimeError):
+class ClipWeightsUnavailable(UserError, RuntimeError):
     """The requested weights cannot be had (offline, not cached)."""
 
 
@@ -116,7 +117,8 @@ def load_open_clip(arch: str, pretrained: str | None, cache_dir: str | None = No
     if looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"clip.pretrained={pretrained} is not a file")
+            raise MissingFileError(f"clip.pretrained={pretrained} is not a file; give the path of an open_clip "
+                                   "checkpoint, or a pretrained tag")
         meta = file_metadata(path)
         check_quick_gelu(arch, meta.get("quick_gelu", quick_gelu), f"the checkpoint {path}")
         force_preprocess = {**meta.get("preprocess_cfg", {}), **force_preprocess}

@@ -12,14 +12,16 @@ import datasets
 # Importing the adapter modules registers them.
 from spae.data import easy_vqa, fashion_mnist, hf, imagefolder, mnist  # noqa: F401
 from spae.data.hf import OfflineDatasetError
+from spae.data.images import unreadable_reason
 from spae.data.prepared import load_prepared, save_prepared
 from spae.data.registry import ADAPTERS
 from spae.data.schema import COLUMNS, FEATURES, check_uniform
 from spae.data.subset import stratified_indices
+from spae.errors import InvalidInputError
 
 SPLITS = ("train", "eval")
 
-__all__ = ["ADAPTERS", "COLUMNS", "FEATURES", "OfflineDatasetError", "class_names", "explode_qa",
+__all__ = ["ADAPTERS", "COLUMNS", "FEATURES", "OfflineDatasetError", "class_names", "drop_unreadable_images", "explode_qa",
            "load_prepared", "load_split", "save_prepared", "split_name"]
 
 
@@ -40,9 +42,31 @@ def load_split(spec: dict, split: str, *, offline: bool = True, limit: int | Non
         raise ValueError(f"a dataset spec is a conf/dataset/*.yaml dict with an `adapter` key; got {spec!r}")
     loader = ADAPTERS.get(spec["adapter"])
     ds = check_uniform(loader(spec, split_name(spec, split), offline))
+    if len(ds) == 0:
+        raise InvalidInputError(f"dataset {spec.get('name')!r} (split {split_name(spec, split)!r}) has no rows; "
+                                "check its path / split names, or remove it from the data setup")
     if limit is not None and limit < len(ds):
         ds = ds.select(stratified_indices(ds["label"], int(limit), seed))
     return ds
+
+
+def drop_unreadable_images(ds: datasets.Dataset) -> tuple[datasets.Dataset, list[str]]:
+    """Rows whose image decodes, and why each other row was dropped (damaged, empty or oversized files).
+
+    Every image is decoded once, row by row (never all in memory). A damaged file among thousands should
+    not stop a run; the caller reports how many were skipped."""
+    raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    keep, reasons = [], []
+    for index, row in enumerate(raw):
+        reason = unreadable_reason(row["image"])
+        if reason is None:
+            keep.append(index)
+        else:
+            reasons.append(f"row {index}: {reason}")
+    if not keep:
+        raise InvalidInputError(f"none of the {len(ds)} images could be decoded (first: {reasons[0]}); "
+                                "check that the dataset files are images")
+    return (ds if not reasons else ds.select(keep)), reasons
 
 
 def class_names(ds: datasets.Dataset) -> list[str]:

@@ -9,7 +9,7 @@ offline_alternative (named in the offline error).
 """
 from __future__ import annotations
 
-from spae.errors import UserError
+from spae.errors import InvalidConfigError, InvalidInputError, MissingFileError, UserError
 
 import logging
 import os
@@ -48,26 +48,38 @@ def pick_split(splits: datasets.DatasetDict, split: str, where: str) -> datasets
         (only,) = splits
         log.warning("%s has only the split %r; using it for the requested split %r", where, only, split)
         return splits[only]
-    raise ValueError(f"{where} has no split {split!r}; it has {sorted(splits)}. Set the dataset spec's "
+    raise InvalidConfigError(f"{where} has no split {split!r}; it has {sorted(splits)}. Set the dataset spec's "
                      "train_split/eval_split to one of them.")
 
 
 def load_local(path: Path, split: str, spec: dict) -> datasets.Dataset:
     if not path.exists():
-        raise FileNotFoundError(f"dataset path {path} does not exist; point the dataset spec's path at a "
+        raise MissingFileError(f"dataset path {path} does not exist; point the dataset spec's path at a "
                                 "save_to_disk folder, a folder of parquet files or an imagefolder")
     if (path / "state.json").exists():
         log.warning("%s is a single saved Dataset; using it for split %r", path, split)
-        return datasets.load_from_disk(str(path))
+        return _load_saved(path)
+    if (path / split / "state.json").exists():  # a DatasetDict's split, or one folder per split
+        return _load_saved(path / split)
     if (path / "dataset_dict.json").exists():
         return pick_split(datasets.load_from_disk(str(path)), split, str(path))
-    if (path / split / "state.json").exists():
-        return datasets.load_from_disk(str(path / split))
     if path.is_file() and path.suffix == ".parquet":
         return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=hf_cache_dir(spec))
     # A folder of parquet/csv/json files or images: datasets infers the builder and the splits.
     loaded = datasets.load_dataset(str(path), cache_dir=hf_cache_dir(spec))
     return pick_split(loaded, split, str(path))
+
+
+def _load_saved(path: Path) -> datasets.Dataset:
+    """datasets.load_from_disk of one saved Dataset; a saved empty one (no data files) is refused clearly,
+    as datasets itself fails on it with an IndexError deep inside."""
+    import json
+
+    state = json.loads((path / "state.json").read_text())
+    if not state.get("_data_files"):
+        raise InvalidInputError(f"the saved dataset at {path} has no rows; check its path / split names, or "
+                                "save it again from a non-empty dataset")
+    return datasets.load_from_disk(str(path))
 
 
 def offline_error(spec: dict) -> OfflineDatasetError:
@@ -86,7 +98,7 @@ def load_raw(spec: dict, split: str, offline: bool) -> datasets.Dataset:
         return load_local(Path(os.path.expanduser(str(spec["path"]))), split, spec)
     hub_id = spec.get("hub_id")
     if not hub_id:
-        raise ValueError(f"dataset {spec.get('name')!r} has neither `path` (a local copy) nor `hub_id`")
+        raise InvalidConfigError(f"dataset {spec.get('name')!r} has neither `path` (a local copy) nor `hub_id`")
     if offline:
         raise offline_error(spec)
     return datasets.load_dataset(hub_id, name=spec.get("config_name"), split=split,
@@ -101,7 +113,7 @@ def require_columns(raw: datasets.Dataset, spec: dict, where: str) -> dict[str, 
         wanted[role] = spec.get(f"{role}_column")
     for role, column in wanted.items():
         if column is not None and column not in raw.column_names:
-            raise ValueError(f"{where}: the {role} column {column!r} is not in the dataset; its columns are "
+            raise InvalidConfigError(f"{where}: the {role} column {column!r} is not in the dataset; its columns are "
                              f"{raw.column_names}. Set the spec's {role}_column to one of them.")
     return wanted
 
@@ -117,7 +129,7 @@ def label_vocabulary(raw: datasets.Dataset, column: str, spec: dict) -> tuple[li
     if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
         values = sorted(v for v in raw.unique(column) if v is not None and str(v).strip())
         return [readable_name(v, **style) for v in values], {v: i for i, v in enumerate(values)}
-    raise ValueError(f"label column {column!r} holds {feature} without class names; give the dataset spec "
+    raise InvalidConfigError(f"label column {column!r} holds {feature} without class names; give the dataset spec "
                      "`label_names: [...]` (one real word or phrase per label id)")
 
 
@@ -144,6 +156,9 @@ def consensus(values: list[str]) -> str:
 
 def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datasets.Dataset:
     """Map a raw HF split onto the uniform columns; images pass through without being decoded."""
+    if len(raw) == 0:
+        raise InvalidInputError(f"{where} has no rows; check its path / split names, or remove it from the "
+                                "data setup")
     cols = require_columns(raw, spec, where)
     names, to_id = label_vocabulary(raw, cols["label"], spec) if cols["label"] else ([], None)
 
@@ -159,7 +174,8 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
             ids = [NO_LABEL if v is None else int(to_id[v] if to_id is not None else v) for v in raw_labels]
             for i in ids:
                 if i >= len(names) or i < NO_LABEL:
-                    raise ValueError(f"{where}: label id {i} has no class name ({len(names)} names)")
+                    raise InvalidConfigError(f"{where}: label id {i} has no class name ({len(names)} names); "
+                                             "give the spec `label_names:` covering every label id")
         else:
             ids = [NO_LABEL] * n
         out["label"] = ids
@@ -186,7 +202,7 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
         return out
 
     if cols["question"] and not cols["answer"]:
-        raise ValueError(f"{where}: question_column is set but answer_column is not")
+        raise InvalidConfigError(f"{where}: question_column is set but answer_column is not")
     image = cols["image"]
     # Images stay encoded (decode=False) while the other columns are rewritten: nothing is decoded,
     # and string columns of paths or URLs become Image features here too.

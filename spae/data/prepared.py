@@ -10,7 +10,9 @@ import datasets
 
 
 def prepared_path(stage_dir: str | os.PathLike, role: str, name: str) -> Path:
-    return Path(stage_dir) / role / name
+    from spae.io import safe_name  # names come from configs: they must stay inside the stage folder
+
+    return Path(stage_dir) / safe_name(role, "data role") / safe_name(name, f"data.{role} name")
 
 
 def save_prepared(ds: datasets.Dataset, stage_dir: str | os.PathLike, role: str, name: str) -> Path:

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from spae.errors import InvalidConfigError
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -63,7 +65,7 @@ def sample_episodes(labels: Sequence, n_way: int, shots: int, n_episodes: int, s
     one of those classes that is not in the support set.
     """
     if n_way < 1 or shots < 1 or repeats < 0 or n_episodes < 0:
-        raise ValueError(f"need n_way >= 1, shots >= 1, repeats >= 0, n_episodes >= 0; got n_way={n_way}, "
+        raise InvalidConfigError(f"need n_way >= 1, shots >= 1, repeats >= 0, n_episodes >= 0; got n_way={n_way}, "
                          f"shots={shots}, repeats={repeats}, n_episodes={n_episodes}")
     names = class_names_per_image(labels, label_names)
     pool = range(len(names)) if indices is None else indices
@@ -71,11 +73,12 @@ def sample_episodes(labels: Sequence, n_way: int, shots: int, n_episodes: int, s
     for i in pool:
         by_class[names[i]].append(int(i))
     if n_way > len(by_class):
-        raise ValueError(f"n_way={n_way} but the data has only {len(by_class)} classes; lower n_way")
+        raise InvalidConfigError(f"n_way={n_way} but the data has only {len(by_class)} classes; lower n_way "
+                                 f"to at most {len(by_class)} or use a dataset with more classes")
     eligible = sorted(c for c, members in by_class.items() if len(members) >= shots + 1)
     if len(eligible) < n_way:
         smallest = min(len(m) for m in by_class.values())
-        raise ValueError(f"{shots} shots need {shots + 1} images per class (shots + the query) in at least "
+        raise InvalidConfigError(f"{shots} shots need {shots + 1} images per class (shots + the query) in at least "
                          f"{n_way} classes, but only {len(eligible)} classes have that many (smallest class: "
                          f"{smallest} images); lower shots or n_way")
     rng = np.random.default_rng([seed, n_way, shots, repeats, n_episodes])

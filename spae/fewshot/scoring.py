@@ -12,6 +12,8 @@ import math
 import re
 from typing import Sequence
 
+from spae.errors import InvalidInputError
+
 SCORINGS = {
     "exact": "exact match of the generated answer with the class name (paper's protocol)",
     "prefix": "generated answer starts with the class name (lenient; not the paper's protocol)",
@@ -46,7 +48,8 @@ def normalize(text: str) -> str:
 def is_correct(answer: str, target: str, scoring: str = "exact") -> bool:
     answer, target = normalize(answer), normalize(target)
     if not target:
-        raise ValueError("empty class name: every class needs a non-empty name")
+        raise InvalidInputError("empty class name: every class needs a non-empty name (check the dataset's "
+                                "label names / label_names:)")
     if scoring in ("exact", "rank_loglik"):
         return answer == target
     if scoring == "prefix":

@@ -17,6 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from spae.errors import InvalidConfigError, UserError
 from spae.llm.backends import LLMBackend, cut_at_stop
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _MAX_STOP = 4  # OpenAI accepts at most 4 stop sequences; the rest are applied locally
 
 
-class OpenAIHTTPError(RuntimeError):
+class OpenAIHTTPError(UserError, RuntimeError):
     """A request that failed for good (after retries, or a non-retryable status)."""
 
 
@@ -36,11 +37,11 @@ class OpenAIHTTPBackend(LLMBackend):
                  concurrency: int = 8, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                  name: str = "openai"):
         if api not in APIS:
-            raise ValueError(f"api must be one of {APIS}, got {api!r}")
+            raise InvalidConfigError(f"llm.api must be one of {APIS}, got {api!r}")
         if not model_id or model_id == "???":
-            raise ValueError("llm.model_id is required for the openai_http backend (the server's model name)")
+            raise InvalidConfigError("llm.model_id is required for the openai_http backend (the server's model name)")
         if concurrency < 1 or max_retries < 0:
-            raise ValueError("concurrency must be >= 1 and max_retries >= 0")
+            raise InvalidConfigError("llm.concurrency must be >= 1 and llm.max_retries >= 0")
         self.model_id, self.api, self.name = model_id, api, name
         self.base_url_env, self.api_key_env = base_url_env, api_key_env
         self.timeout_s, self.max_retries, self.concurrency = timeout_s, max_retries, concurrency
@@ -50,7 +51,7 @@ class OpenAIHTTPBackend(LLMBackend):
     def from_spec(cls, spec: dict) -> "OpenAIHTTPBackend":
         for key in ("api_key", "base_url"):
             if key in spec:
-                raise ValueError(f"llm.{key} must not be in a config: put it in an environment variable and "
+                raise InvalidConfigError(f"llm.{key} must not be in a config: put it in an environment variable and "
                                  f"name that variable in llm.{key}_env")
         return cls(model_id=spec.get("model_id"), base_url_env=spec.get("base_url_env", "OPENAI_BASE_URL"),
                    api_key_env=spec.get("api_key_env", "OPENAI_API_KEY"), api=spec.get("api", "completions"),
@@ -85,11 +86,11 @@ class OpenAIHTTPBackend(LLMBackend):
         if self.api == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
             reply = self._post(base_url, key, "/chat/completions", body)
-            text = reply["choices"][0]["message"].get("content") or ""
+            text = (_choice(reply, "/chat/completions").get("message") or {}).get("content") or ""
         else:
             body["prompt"] = prompt
             reply = self._post(base_url, key, "/completions", body)
-            text = reply["choices"][0].get("text") or ""
+            text = _choice(reply, "/completions").get("text") or ""
         return cut_at_stop(text, stop)  # servers differ on whether they cut; cut here either way
 
     def _post(self, base_url: str, key: str | None, path: str, body: dict) -> dict:
@@ -104,7 +105,17 @@ class OpenAIHTTPBackend(LLMBackend):
             request = urllib.request.Request(base_url + path, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read().decode())
+                    raw = response.read()
+                try:
+                    reply = json.loads(raw.decode(errors="replace"))
+                except json.JSONDecodeError:
+                    raise OpenAIHTTPError(f"the server at ${self.base_url_env} answered {path} with non-JSON "
+                                          f"({self._redact(raw[:120].decode(errors='replace'), key)!r}); check that "
+                                          f"{self.base_url_env} points to an OpenAI-compatible API (…/v1)") from None
+                if not isinstance(reply, dict):
+                    raise OpenAIHTTPError(f"the server at ${self.base_url_env} answered {path} with JSON that is not "
+                                          "an object; check that it is an OpenAI-compatible API")
+                return reply
             except urllib.error.HTTPError as err:
                 detail = self._redact(err.read().decode(errors="replace")[:300], key)
                 last_error = f"HTTP {err.code} on {path}: {detail}"
@@ -121,3 +132,14 @@ class OpenAIHTTPBackend(LLMBackend):
     @staticmethod
     def _redact(text: str, key: str | None) -> str:
         return text.replace(key, "<redacted>") if key else text
+
+
+def _choice(reply: dict, path: str) -> dict:
+    """The first choice of a completion reply; a reply without one is an unusable server, not an answer."""
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        error = reply.get("error")
+        raise OpenAIHTTPError(f"the server's reply to {path} has no choices"
+                              + (f" (error: {str(error)[:200]})" if error else "")
+                              + "; check llm.model_id and that the server speaks the OpenAI API")
+    return choices[0]
