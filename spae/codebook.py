@@ -6,7 +6,7 @@ plus JSON (words, source): loading runs no code.
 """
 from __future__ import annotations
 
-from spae.errors import UserError
+from spae.errors import MissingFileError, UserError
 
 import difflib
 import json
@@ -98,7 +98,7 @@ class Codebook:
     def load(cls, directory: str | Path) -> "Codebook":
         directory = Path(directory)
         if not (directory / TENSORS_FILE).is_file() or not (directory / META_FILE).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no codebook in {directory} (needs {TENSORS_FILE} and {META_FILE}); build it with the "
                 "`codebook` stage or spae.codebook.build_codebook"
             )

@@ -220,7 +220,8 @@ def _validated_thresholds(thresholds: Sequence[float]) -> list[float]:
         raise InvalidConfigError("thresholds is empty: give one rho_l in [0, 1] per pyramid layer.")
     bad = [t for t in values if not 0.0 <= t <= 1.0]
     if bad:
-        raise InvalidConfigError(f"Every threshold rho_l must lie in [0, 1] (relevance is min-max normalised), got {bad}.")
+        raise InvalidConfigError(f"Every threshold rho_l must lie in [0, 1] (relevance is min-max normalised), "
+                                 f"got {bad}; set each semantic threshold between 0 and 1.")
     return values
 
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from spae.clip.handle import ClipHandle
+from spae.errors import MissingFileError
 from spae.io import read_json
 from spae.registry import Registry
 
@@ -53,5 +54,6 @@ def load_clip(spec: dict, stage_dir: str | Path | None = None, cache_dir: str | 
 def load_clip_from_stage(stage_dir: str | Path, cache_dir: str | Path | None = None) -> ClipHandle:
     record = Path(stage_dir) / STAGE_RECORD
     if not record.is_file():
-        raise FileNotFoundError(f"{stage_dir} is not a finished `clip` stage folder (no {STAGE_RECORD})")
+        raise MissingFileError(f"{stage_dir} is not a finished `clip` stage folder (no {STAGE_RECORD}); "
+                               "rerun the `clip` stage")
     return load_clip(read_json(record)["spec"], stage_dir, cache_dir)

@@ -21,8 +21,8 @@ from spae.errors import InvalidInputError
 
 SPLITS = ("train", "eval")
 
-__all__ = ["ADAPTERS", "COLUMNS", "FEATURES", "OfflineDatasetError", "class_names", "drop_unreadable_images", "explode_qa",
-           "load_prepared", "load_split", "save_prepared", "split_name"]
+__all__ = ["ADAPTERS", "COLUMNS", "FEATURES", "OfflineDatasetError", "class_names", "drop_unreadable_images",
+           "explode_qa", "load_prepared", "load_split", "save_prepared", "split_name"]
 
 
 def split_name(spec: dict, split: str) -> str:
