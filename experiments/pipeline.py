@@ -10,16 +10,14 @@ own checkpoints) and is complete only when its `_SUCCESS.json` marker exists (wr
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from spae.hashing import stable_hash
-from spae.io import read_json, write_json_atomic
+from spae.io import file_lock, read_json, write_json_atomic
 from spae.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -112,18 +110,6 @@ def stage_key(spec: StageSpec, cfg: dict, dep_keys: dict[str, str]) -> str:
     return stable_hash(identity, length=16)
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Inter-process lock: two runs that need the same artefact never write it concurrently."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def stage_dir(cache_dir: Path, name: str, key: str) -> Path:
     return Path(cache_dir) / "stages" / name / key
 
@@ -150,7 +136,7 @@ def run_stages(
 
 def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageResult:
     marker = out_dir / SUCCESS
-    with _exclusive(out_dir.parent / f"{key}.lock"):
+    with file_lock(out_dir.parent / f"{key}.lock"):  # concurrent runs share, never clash
         if marker.exists() and not force:
             done = read_json(marker)
             log.info("stage %-12s reused  %s", spec.name, out_dir)

@@ -1,6 +1,7 @@
 """Atomic, safe file I/O: no partial file is ever read as complete, nothing unsafe is unpickled."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
@@ -106,3 +107,16 @@ def _refused(err: BaseException) -> str:
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive inter-process lock (fcntl): two processes never build the same artefact at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -13,24 +13,21 @@ that copy in seconds.
 """
 from __future__ import annotations
 
-from spae.errors import UserError
-
-import fcntl
 import importlib
 import importlib.util
 import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from spae.hashing import stable_hash
-from spae.io import atomic_path
+from spae.errors import UserError
+from spae.io import atomic_path, file_lock
 from spae.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -142,18 +139,6 @@ def _in_hf_cache(model_id: str, filename: str, revision: str | None) -> bool:
 
     found = try_to_load_from_cache(model_id, filename, revision=revision)
     return isinstance(found, str)
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock (fcntl), so two processes never convert the same model at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def converted_dir(spec: dict, cache_dir: str | Path) -> Path:
