@@ -1,0 +1,133 @@
+"""Stage `recon_eval`: how well the trained tokenizer reconstructs held-out images, layer by layer.
+
+Per evaluation dataset (bench.recon.roles): PSNR and SSIM for each prefix of layers, code usage and
+perplexity over the whole pass, semantic relevance of each layer's words (mean normalised CLIP score),
+the words of layers 1-2 for a few test images with their labels, and a PNG grid (original, then the
+reconstruction from 1..L layers).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from experiments.pipeline import StageContext, stage
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_dataset(tokenizer, ds, relevance_fn, batch_size: int, max_images: int | None):
+    """Metrics over the first max_images rows of ds; returns (metrics, first batch images, recons, pyramid)."""
+    import torch
+
+    from spae.data.images import to_tensor
+    from spae.metrics import ReconstructionMetrics
+
+    n = len(ds) if max_images is None else min(len(ds), int(max_images))
+    if n == 0:
+        raise ValueError("the evaluation dataset is empty")
+    L = tokenizer.pyramid.num_layers
+    metrics = ReconstructionMetrics(L, tokenizer.quantizer.codebook_size)
+    first = None
+    for start in range(0, n, batch_size):
+        rows = ds[start:min(n, start + batch_size)]
+        images = to_tensor(rows["image"], tokenizer.spec.image_size)
+        pyramid = tokenizer.encode(images)
+        recons = [tokenizer.decode(pyramid, layers=k) for k in range(1, L + 1)]
+        relevance = relevance_fn(images) if relevance_fn is not None else None
+        metrics.update(images, recons, pyramid.ids, relevance)
+        if first is None:
+            first = (images, recons, pyramid, rows)
+    return metrics.compute(), first, n
+
+
+def save_grid(images, recons, path: Path, count: int) -> Path:
+    """Rows: the originals, then the reconstruction from layers 1..L."""
+    import torch
+    from torchvision.utils import save_image
+
+    from spae.io import atomic_path
+
+    rows = [images[:count]] + [r[:count] for r in recons]
+    with atomic_path(path) as tmp:
+        save_image(torch.cat(rows), str(tmp), format="PNG", nrow=min(count, len(images)), padding=1,
+                   pad_value=1.0)
+    return path
+
+
+def word_examples(pyramid, rows, count: int) -> list[dict]:
+    out = []
+    n = len(pyramid.ids[0])
+    names, captions = rows.get("label_name") or [""] * n, rows.get("caption") or [""] * n
+    for i in range(min(count, n)):
+        words = pyramid.for_image(i, layers=min(2, pyramid.num_layers))
+        label = names[i] or (f"({captions[i]})" if captions[i] else "")  # unlabelled sets: their caption
+        out.append({"label": label, **{f"layer{l + 1}": _shorten(w) for l, w in enumerate(words)}})
+    return out
+
+
+def _shorten(words: list[str], keep: int = 16) -> str:
+    """A layer's words as text; long layers (LQAE's 64-token grid) are cut to stay readable."""
+    text = " ".join(words[:keep])
+    return text if len(words) <= keep else f"{text} ... (+{len(words) - keep} more)"
+
+
+def markdown(method: str, describe: dict, results: dict, examples: dict, perceptual: str) -> str:
+    lines = [f"### Reconstruction: {method} ({describe['quantizer']}, layers {describe['layer_sides']}, "
+             f"codebook {describe['codebook_size']} words)", "",
+             f"Perceptual loss used in training: {perceptual}.", ""]
+    for name, m in results.items():
+        L = len(describe["layer_sides"])
+        lines += [f"**{name}** ({m['images']} held-out images; codes used {m['codes_used']} "
+                  f"= {m['code_usage']:.4f} of the codebook, perplexity {m['perplexity']})", "",
+                  "| layers | tokens | PSNR | SSIM | codes used | perplexity | relevance |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for l in range(1, L + 1):
+            rel = m.get(f"relevance_l{l}")
+            lines.append(f"| {l} | {describe['cumulative_tokens'][l - 1]} | {m[f'psnr_l{l}']:.2f} | "
+                         f"{m[f'ssim_l{l}']:.4f} | {m[f'codes_used_l{l}']} | {m[f'perplexity_l{l}']:.1f} | "
+                         f"{'n/a' if rel is None else f'{rel:.3f}'} |")
+        lines.append("")
+        if examples.get(name):
+            keys = [k for k in examples[name][0] if k.startswith("layer")]
+            lines += ["| label | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            for ex in examples[name]:
+                lines.append(f"| {ex['label']} | " + " | ".join(ex[k] for k in keys) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+@stage("recon_eval", deps=("train", "data", "clip", "codebook"), config_keys=("bench.recon", "seed"))
+def recon_eval_stage(ctx: StageContext) -> dict:
+    import torch
+
+    from experiments.stages.train import relevance_function
+    from spae.codebook import Codebook
+    from spae.data import load_prepared
+    from spae.tokenizer import load_tokenizer
+
+    cfg = ctx.cfg
+    opts = (cfg.get("bench") or {}).get("recon") or {}
+    codebook = Codebook.load(ctx.input_dir("codebook"))
+    tokenizer = load_tokenizer(ctx.input_dir("train"), codebook)
+    relevance_fn = relevance_function(ctx, codebook)
+    describe = tokenizer.describe()
+    results, examples = {}, {}
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    for role in opts.get("roles") or ["classification"]:
+        ds = load_prepared(ctx.input_dir("data"), role)
+        name = f"{role}/{(cfg['data'].get(role) or {}).get('name', role)}"
+        metrics, (images, recons, pyramid, rows), n = evaluate_dataset(
+            tokenizer, ds, relevance_fn, int(opts.get("batch_size", 100)), opts.get("max_images"))
+        results[name] = metrics
+        examples[name] = word_examples(pyramid, rows, int(opts.get("word_examples", 10)))
+        grid = save_grid(images, recons, ctx.out_dir / f"recon_grid_{role}.png", int(opts.get("grid_images", 8)))
+        if ctx.logger is not None:
+            ctx.logger.log_metrics({"recon": {name: metrics}})
+            ctx.logger.log_image(f"recon/{role}", grid, caption="rows: original, then layers 1..L")
+            cols = ["label"] + [k for k in examples[name][0] if k != "label"] if examples[name] else []
+            ctx.logger.log_table(f"recon/words_{role}", cols, [[ex[c] for c in cols] for ex in examples[name]])
+        log.info("recon_eval %s: %s", name, metrics)
+    perceptual = describe.get("perceptual") or "none"
+    method = cfg["method"]["name"]
+    return {"metrics": results, "examples": examples, "describe": describe,
+            "markdown": markdown(method, describe, results, examples, perceptual)}

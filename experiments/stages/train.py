@@ -1,0 +1,133 @@
+"""Stage `train`: train the SPAE tokenizer (or its LQAE variant, method=lqae) with Lightning.
+
+Checkpoints (ModelCheckpoint, save_last) go to <stage dir>/checkpoints; an interrupted stage resumes from
+last.ckpt with the same data order and per-step randomness, so it ends with the same weights. The final
+weights are saved as tokenizer.safetensors + tokenizer.json; spae.tokenizer.load_tokenizer reads them.
+
+`trainer.max_steps` counts training batches (Lightning's global_step counts both optimisers' steps, so
+the Trainer gets 2 x max_steps); `trainer.max_time_s` optionally caps the wall time as well.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from pathlib import Path
+
+from experiments.pipeline import StageContext, stage
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_METHODS = ("spae", "lqae")
+
+
+def tokenizer_config(cfg: dict) -> dict:
+    """The JSON-able config the tokenizer module is built from (its saved hyper-parameters)."""
+    method = dict(cfg["method"])
+    if method.get("name") not in TOKENIZER_METHODS or method.get("kind") != "tokenizer":
+        raise ValueError(f"the train stage trains tokenizers ({', '.join(TOKENIZER_METHODS)}); method="
+                         f"{method.get('name')!r} is not one: use method=spae or method=lqae")
+    optim = dict(method.get("optim") or {})
+    optim.setdefault("total_steps", int(cfg["trainer"]["max_steps"]))  # for the cosine schedule
+    method["optim"] = optim
+    return {"model": cfg["model"], "method": method, "seed": int(cfg.get("seed", 0)),
+            "offline": bool(cfg.get("offline", True))}
+
+
+def relevance_function(ctx: StageContext, codebook):
+    """images [B,3,H,W] in [0,1] -> normalised CLIP relevance [B, K] over the codebook words."""
+    from spae.clip.scorer import RelevanceScorer
+
+    cfg = ctx.cfg
+    scorer = RelevanceScorer.from_stage(ctx.input_dir("clip"), codebook.words,
+                                        templates=list(cfg["clip"].get("templates") or ["{word}"]),
+                                        cache_dir=Path(cfg["paths"]["cache_dir"]))
+    scorer.text_embeddings  # computed (or read from the cache) now, outside the training time budget
+    return scorer.normalized_scores
+
+
+def build_trainer(cfg: dict, out_dir: Path, logger, steps_per_batch: int):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    tr = cfg["trainer"]
+    every = int(tr.get("checkpoint_every_n_steps", 50)) * steps_per_batch
+    callbacks = [ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=1,
+                                 every_n_train_steps=every, filename="step{step}", auto_insert_metric_name=False)]
+    progress = bool(tr.get("progress_bar", True))
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=int(tr.get("progress_refresh", 5))))
+    max_time = tr.get("max_time_s")
+    return pl.Trainer(
+        accelerator=tr.get("accelerator", "cpu"), devices=tr.get("devices", 1), num_nodes=tr.get("num_nodes", 1),
+        strategy=tr.get("strategy", "auto"), precision=tr.get("precision", "32-true"),
+        max_steps=int(tr["max_steps"]) * steps_per_batch, max_epochs=-1,
+        max_time=datetime.timedelta(seconds=float(max_time)) if max_time else None,
+        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
+        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
+    )
+
+
+@stage("train", deps=("data", "codebook", "clip"),
+       config_keys=("model", "method", "trainer.max_steps", "trainer.max_time_s", "trainer.batch_size",
+                    "trainer.precision", "codebook", "clip", "data.pretrain", "data.max_pretrain_images", "seed"))
+def train_stage(ctx: StageContext) -> dict:
+    import pytorch_lightning as pl
+    import torch
+
+    from spae.codebook import Codebook
+    from spae.data import load_prepared
+    from spae.datamodule import PretrainDataModule
+    from spae.io import read_json
+    from spae.tokenizer import CONFIG_FILE, WEIGHTS_FILE, SPAETokenizer, save_tokenizer
+
+    cfg, out = ctx.cfg, ctx.out_dir
+    if (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file():  # finished but not marked
+        return read_json(out / CONFIG_FILE)["summary"]
+    config = tokenizer_config(cfg)
+    pl.seed_everything(config["seed"], workers=True)
+    codebook = Codebook.load(ctx.input_dir("codebook"))
+    relevance = relevance_function(ctx, codebook) if config["method"].get("semantic_loss") else None
+    module = SPAETokenizer(config, codebook.embeddings, codebook.words, relevance)
+    names = sorted((cfg["data"].get("pretrain") or {}).keys())
+    if not names:
+        raise ValueError("data.pretrain names no dataset to train the tokenizer on")
+    datasets = [load_prepared(ctx.input_dir("data"), "pretrain", n) for n in names]
+    tr = cfg["trainer"]
+    dm = PretrainDataModule(datasets, config["model"]["image_size"], int(tr["batch_size"]), config["seed"],
+                            total_batches=int(tr["max_steps"]), num_workers=int(tr.get("num_workers", 0)))
+    logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
+    trainer = build_trainer(cfg, out, logger, module.optimizer_steps_per_batch)
+    last = out / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    log.info("train %s: %s, %d pretraining images, resume=%s", config["method"]["name"], module.describe(),
+             len(dm.dataset), resumed)
+    start, first_step = time.perf_counter(), 0
+    if resumed:
+        first_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"] // 2
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    seconds = time.perf_counter() - start
+    steps_run = module.iteration - first_step
+    metrics = {k.removeprefix("train/"): round(float(v), 5) for k, v in trainer.callback_metrics.items()
+               if k.startswith("train/")}
+    summary = {
+        "method": config["method"]["name"],
+        "describe": module.describe(),
+        "steps": module.iteration,
+        "max_steps": int(tr["max_steps"]),
+        "stopped_by_time": module.iteration < int(tr["max_steps"]),
+        "batch_size": int(tr["batch_size"]),
+        "pretrain_images": len(dm.dataset),
+        "pretrain_datasets": names,
+        "resumed": resumed,
+        "fit_seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / max(1, steps_run), 4),  # this attempt (fit incl. set-up)
+        "metrics": {"final_train": metrics},
+        # mean wall seconds per batch spent in each part of the step (this attempt; see describe for sizes)
+        "step_seconds": {k: round(v / max(1, steps_run), 4) for k, v in sorted(module.step_seconds.items())},
+    }
+    save_tokenizer(module, out, extra={"summary": summary})
+    if ctx.logger is not None:
+        ctx.logger.log_metrics({"train": {"steps": summary["steps"], "fit_seconds": summary["fit_seconds"]}})
+    return summary

@@ -1,0 +1,72 @@
+"""Appearance losses: reconstruction, GAN (hinge / non-saturating), LeCam regularisation, VQGAN's
+adaptive GAN weight. Small functions; the perceptual loss lives in spae/perceptual.py.
+
+Hand-written: these are a few lines each and no required library provides them for arbitrary nets.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+    if kind == "l2":
+        return F.mse_loss(recon, target)
+    if kind == "l1":
+        return F.l1_loss(recon, target)
+    raise ValueError(f"unknown reconstruction loss {kind!r}; valid: l2, l1")
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "hinge"
+                       ) -> torch.Tensor:
+    if kind == "hinge":
+        return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+    if kind == "non_saturating":
+        return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+    raise ValueError(f"unknown GAN loss {kind!r}; valid: hinge, non_saturating")
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
+    if kind == "hinge":
+        return -fake_logits.mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; valid: hinge, non_saturating")
+
+
+class LeCam(nn.Module):
+    """LeCam regularisation (Tseng et al. 2021): keeps the discriminator's predictions on real images
+    near the running mean of its predictions on fakes and vice versa. The EMAs are buffers, so they are
+    checkpointed and a resumed run continues with the same anchors."""
+
+    def __init__(self, decay: float = 0.99):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("ema_real", torch.zeros(()))
+        self.register_buffer("ema_fake", torch.zeros(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> None:
+        real, fake = real_logits.mean(), fake_logits.mean()
+        if not bool(self.initialised):
+            self.ema_real.copy_(real)
+            self.ema_fake.copy_(fake)
+            self.initialised.fill_(True)
+        else:
+            self.ema_real.lerp_(real, 1.0 - self.decay)
+            self.ema_fake.lerp_(fake, 1.0 - self.decay)
+
+    def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return (F.relu(real_logits - self.ema_fake).pow(2).mean()
+                + F.relu(self.ema_real - fake_logits).pow(2).mean())
+
+
+def adaptive_gan_weight(nll_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor,
+                        max_weight: float = 1e4) -> torch.Tensor:
+    """VQGAN's balance: ||d nll / d w|| / ||d gan / d w|| at the decoder's last layer weight w."""
+    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+    gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    weight = nll_grad.norm() / (gan_grad.norm() + 1e-4)
+    return weight.clamp(0.0, max_weight).detach()

@@ -1,0 +1,81 @@
+"""The train and recon_eval stages on tiny local data, a tiny random codebook and a stand-in relevance
+function (the CLIP stage is tested elsewhere): artefacts, metrics, markdown, resume and reuse."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from experiments.pipeline import StageContext, StageResult
+from spae.codebook import Codebook
+from spae.data import save_prepared
+from spae.data.schema import from_columns
+from tests.tokenizer_helpers import TINY_METHOD, TINY_MODEL, fake_relevance
+
+
+def tiny_images(n: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture
+def stage_inputs(tmp_path, monkeypatch):
+    data_dir, cb_dir = tmp_path / "data", tmp_path / "codebook"
+    save_prepared(from_columns(tiny_images(24, 0)), data_dir, "pretrain", "shapes")
+    save_prepared(from_columns(tiny_images(12, 1), labels=[i % 2 for i in range(12)], label_names=["cat", "dog"]),
+                  data_dir, "classification", "pets")
+    gen = torch.Generator().manual_seed(0)
+    Codebook(torch.randn(64, 16, generator=gen), [f"word{i}" for i in range(64)], torch.arange(64),
+             "random").save(cb_dir)
+    import experiments.stages.train as train_mod
+
+    monkeypatch.setattr(train_mod, "relevance_function", lambda ctx, codebook: fake_relevance(codebook.size))
+    cfg = {
+        "model": copy.deepcopy(TINY_MODEL), "method": copy.deepcopy(TINY_METHOD), "seed": 0, "offline": True,
+        "trainer": {"accelerator": "cpu", "max_steps": 3, "batch_size": 4, "checkpoint_every_n_steps": 1,
+                    "progress_bar": False, "log_every_n_steps": 1},
+        "data": {"pretrain": {"shapes": {}}, "classification": {"name": "pets"}},
+        "bench": {"recon": {"roles": ["classification"], "batch_size": 5, "word_examples": 3, "grid_images": 4}},
+        "paths": {"cache_dir": str(tmp_path / "cache")},
+    }
+    inputs = {"data": StageResult("data", "k", data_dir, {}, True, 0.0),
+              "codebook": StageResult("codebook", "k", cb_dir, {}, True, 0.0),
+              "clip": StageResult("clip", "k", tmp_path / "clip", {}, True, 0.0)}
+    return cfg, inputs, tmp_path
+
+
+def test_train_then_recon_eval(stage_inputs):
+    from experiments.stages.recon_eval import recon_eval_stage
+    from experiments.stages.train import train_stage
+
+    cfg, inputs, tmp_path = stage_inputs
+    train_dir = tmp_path / "train"
+    summary = train_stage(StageContext(cfg, train_dir, tmp_path / "run", inputs))
+    assert summary["steps"] == 3 and summary["describe"]["cumulative_tokens"] == [1, 5, 21]
+    assert (train_dir / "tokenizer.safetensors").is_file() and (train_dir / "checkpoints" / "last.ckpt").is_file()
+    assert set(summary["step_seconds"]) >= {"encoder", "quantizer", "decoder", "semantic_loss", "backward"}
+    # a finished-but-unmarked stage folder is reused, not retrained
+    assert train_stage(StageContext(cfg, train_dir, tmp_path / "run", inputs)) == summary
+
+    eval_inputs = {**inputs, "train": StageResult("train", "k", train_dir, summary, True, 0.0)}
+    out = recon_eval_stage(StageContext(cfg, tmp_path / "eval", tmp_path / "run", eval_inputs))
+    m = out["metrics"]["classification/pets"]
+    assert m["images"] == 12
+    assert {f"psnr_l{l}" for l in (1, 2, 3)} <= m.keys() and 0 <= m["relevance_l1"] <= 1
+    assert m["codes_used"] >= m["codes_used_l1"] >= 1
+    assert len(out["examples"]["classification/pets"]) == 3
+    assert out["examples"]["classification/pets"][0]["label"] in ("cat", "dog")
+    assert "| layers | tokens | PSNR |" in out["markdown"] and "dog" in out["markdown"]
+    assert (tmp_path / "eval" / "recon_grid_classification.png").is_file()
+
+
+def test_train_stage_rejects_other_methods(stage_inputs):
+    from experiments.stages.train import train_stage
+
+    cfg, inputs, tmp_path = stage_inputs
+    cfg["method"] = {"name": "frozen", "kind": "prefix"}
+    with pytest.raises(ValueError, match="method=spae or method=lqae"):
+        train_stage(StageContext(cfg, tmp_path / "train", tmp_path / "run", inputs))
