@@ -43,7 +43,9 @@ def run_id(cfg: dict) -> str:
     """Deterministic, readable, collision-free: same config -> same folder; any change -> another."""
     from spae.io import safe_name
 
-    parts = [safe_name(cfg[group]["name"], f"{group}.name") for group in ("bench", "method", "data", "llm")]
+    names = {"bench": cfg["bench"]["name"], "method": method_label(cfg), "data": cfg["data"]["name"],
+             "llm": cfg["llm"]["name"]}
+    parts = [safe_name(value, f"{group}.name") for group, value in names.items()]
     return "-".join(parts) + "-" + config_hash(cfg)
 
 
