@@ -9,12 +9,12 @@ training, and the fraction of held-out evaluation images whose greedy caption na
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
+from spae.training import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -105,29 +105,6 @@ def zero_shot_captions(encoder, loaded, rows: list[dict], method: dict) -> tuple
     return fractions, table
 
 
-def build_trainer(cfg: dict, method: dict, out_dir: Path, logger):
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-
-    tr = cfg["trainer"]
-    progress = bool(tr.get("progress_bar", True))
-    callbacks = [ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=1,
-                                 every_n_train_steps=int(method["checkpoint_every_n_steps"]),
-                                 filename="step{step}", auto_insert_metric_name=False)]
-    if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=int(tr.get("progress_refresh", 5))))
-    max_time = method.get("max_time_s")
-    return pl.Trainer(
-        accelerator=tr.get("accelerator", "cpu"), devices=tr.get("devices", 1), num_nodes=tr.get("num_nodes", 1),
-        strategy=tr.get("strategy", "auto"), precision=tr.get("precision", "32-true"),
-        max_steps=int(method["max_steps"]), max_epochs=-1,
-        max_time=datetime.timedelta(seconds=float(max_time)) if max_time else None,
-        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
-        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
-    )
-
-
 def markdown(summary: dict, samples: list[list]) -> str:
     m = summary["metrics"]
     lines = [f"### Frozen baseline training ({summary['llm']}, {summary['n_prefix']} prefix embeddings)", "",
@@ -191,7 +168,9 @@ def frozen_train(ctx: StageContext) -> dict:
         before = heldout_loss(module, rows, int(method["image_size"]))
         write_json_atomic(out / BEFORE_FILE, before)
     logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
-    trainer = build_trainer(cfg, method, out, logger)
+    trainer = build_trainer(cfg["trainer"], out, logger, max_steps=int(method["max_steps"]),
+                            max_time_s=method.get("max_time_s"),
+                            checkpoint_every=int(method["checkpoint_every_n_steps"]))
     log.info("frozen_train: %s prefix x %d for %s, %d pretraining pairs, resume=%s",
              method["n_prefix"], hidden, loaded.name, len(dm.dataset), resumed)
     start = time.perf_counter()

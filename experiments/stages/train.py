@@ -9,12 +9,12 @@ the Trainer gets 2 x max_steps); `trainer.max_time_s` optionally caps the wall t
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
+from spae.training import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +46,6 @@ def relevance_function(ctx: StageContext, codebook):
     return scorer.normalized_scores
 
 
-def build_trainer(cfg: dict, out_dir: Path, logger, steps_per_batch: int):
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-
-    tr = cfg["trainer"]
-    every = int(tr.get("checkpoint_every_n_steps", 50)) * steps_per_batch
-    callbacks = [ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=1,
-                                 every_n_train_steps=every, filename="step{step}", auto_insert_metric_name=False)]
-    progress = bool(tr.get("progress_bar", True))
-    if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=int(tr.get("progress_refresh", 5))))
-    max_time = tr.get("max_time_s")
-    return pl.Trainer(
-        accelerator=tr.get("accelerator", "cpu"), devices=tr.get("devices", 1), num_nodes=tr.get("num_nodes", 1),
-        strategy=tr.get("strategy", "auto"), precision=tr.get("precision", "32-true"),
-        max_steps=int(tr["max_steps"]) * steps_per_batch, max_epochs=-1,
-        max_time=datetime.timedelta(seconds=float(max_time)) if max_time else None,
-        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
-        log_every_n_steps=int(tr.get("log_every_n_steps", 10)), enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
-    )
-
-
 @stage("train", deps=("data", "codebook", "clip"),
        config_keys=("model", "method", "trainer.max_steps", "trainer.max_time_s", "trainer.batch_size",
                     "trainer.precision", "codebook", "clip", "data.pretrain", "data.max_pretrain_images", "seed"))
@@ -98,7 +75,11 @@ def train_stage(ctx: StageContext) -> dict:
     dm = PretrainDataModule(datasets, config["model"]["image_size"], int(tr["batch_size"]), config["seed"],
                             total_batches=int(tr["max_steps"]), num_workers=int(tr.get("num_workers", 0)))
     logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
-    trainer = build_trainer(cfg, out, logger, module.optimizer_steps_per_batch)
+    per_batch = module.optimizer_steps_per_batch  # Lightning counts every optimizer's step
+    tr = cfg["trainer"]
+    trainer = build_trainer(tr, out, logger, max_steps=int(tr["max_steps"]) * per_batch,
+                            max_time_s=tr.get("max_time_s"),
+                            checkpoint_every=int(tr.get("checkpoint_every_n_steps", 50)) * per_batch)
     last = out / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
     log.info("train %s: %s, %d pretraining images, resume=%s", config["method"]["name"], module.describe(),
