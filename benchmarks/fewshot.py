@@ -6,7 +6,7 @@ Per-cell results are dicts from spae.fewshot.scoring.accuracy_summary: accuracy 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,7 @@ class Cell:
     shots: int
     repeats: int
     task_induction: bool
+    episodes: int | None = field(default=None, compare=False)  # per-cell count (None: the bench's); not in key
 
     @property
     def key(self) -> str:

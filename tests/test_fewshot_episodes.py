@@ -54,3 +54,10 @@ def test_validation_errors_are_clear():
         sample_episodes(LABELS, 2, 0, 5, label_names=NAMES)
     with pytest.raises(ValueError, match="no entry in label_names"):
         sample_episodes([0, 1, 9], 2, 1, 5, label_names=["a", "b"])
+
+
+def test_more_episodes_extend_a_smaller_draw():
+    labels = [f"c{i % 7}" for i in range(140)]
+    small = sample_episodes(labels, 5, 1, 10, seed=3, repeats=1)
+    large = sample_episodes(labels, 5, 1, 25, seed=3, repeats=1)
+    assert large[:10] == small and large[10:] != large[:10]

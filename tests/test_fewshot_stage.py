@@ -86,9 +86,13 @@ def _stage_dir(root, name="fewshot_eval"):
     return d
 
 
-def _records(stage_dir):
-    return {p.relative_to(stage_dir / "episodes").as_posix(): [json.loads(l) for l in p.read_text().splitlines()]
-            for p in sorted((stage_dir / "episodes").rglob("*.jsonl"))}
+def _records(cache_dir):
+    """{"<method slug>/<cell key>.jsonl": records} from the shared episode-record store of a cache."""
+    out = {}
+    for p in sorted((cache_dir / "fewshot_records").rglob("*.jsonl")):
+        slug, cell = p.parent.name.rsplit("-", 1)[0], "-".join(p.stem.split("-")[:4])
+        out[f"{slug}/{cell}.jsonl"] = [json.loads(line) for line in p.read_text().splitlines()]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ stage
@@ -102,7 +106,7 @@ def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage
         for key in cells:
             m = per_cell[key]
             assert m["episodes"] == 12 and m["ci95_low"] <= m["accuracy"] <= m["ci95_high"]
-    records = _records(_stage_dir(tmp_path / "cache"))
+    records = _records(tmp_path / "cache")
     assert len(records) == 9 and all(len(r) == 12 for r in records.values())
     by_cell: dict[str, list] = {}
     for name, rows in records.items():
@@ -126,9 +130,9 @@ def test_same_seed_same_episodes_and_accuracies_other_seed_differs(stage_env, tm
     first = json.loads(execute(stage_env(cache="a", runs="ra")).read_text())["metrics"]["fewshot_eval"]
     again = json.loads(execute(stage_env(cache="b", runs="rb")).read_text())["metrics"]["fewshot_eval"]
     assert first == again
-    assert _records(_stage_dir(tmp_path / "a")) == _records(_stage_dir(tmp_path / "b"))
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
     execute(stage_env("seed=1", cache="c", runs="rc"))
-    ids = lambda root: [(r["classes"], r["target"]) for r in _records(_stage_dir(root))["spae-l2/2way-ti-1shot-0rep.jsonl"]]  # noqa: E731
+    ids = lambda root: [(r["classes"], r["target"]) for r in _records(root)["spae-l2/2way-ti-1shot-0rep.jsonl"]]  # noqa: E731
     assert ids(tmp_path / "c") != ids(tmp_path / "a")
 
 
@@ -140,7 +144,7 @@ def test_interrupted_evaluation_resumes_and_matches_an_uninterrupted_run(stage_e
     monkeypatch.setattr(backends, "build_backend", lambda spec, loaded=None, cache_dir=None: FailingDummy(4))
     with pytest.raises(KeyboardInterrupt):
         execute(stage_env())
-    partial = _records(_stage_dir(tmp_path / "cache"))
+    partial = _records(tmp_path / "cache")
     done = sum(len(r) for r in partial.values())
     assert 0 < done < 9 * 12 and not (_stage_dir(tmp_path / "cache") / "_SUCCESS.json").exists()
     calls = []
@@ -155,7 +159,41 @@ def test_interrupted_evaluation_resumes_and_matches_an_uninterrupted_run(stage_e
     resumed = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
     assert sum(calls) == 9 * 12 - done  # only the missing episodes ran
     assert resumed == reference
-    assert _records(_stage_dir(tmp_path / "cache")) == _records(_stage_dir(tmp_path / "ref"))
+    assert _records(tmp_path / "cache") == _records(tmp_path / "ref")
+
+
+def test_more_episodes_extend_the_finished_ones_and_other_benches_reuse_them(stage_env, tmp_path, monkeypatch):
+    import spae.llm.backends as backends
+
+    first = json.loads(execute(stage_env()).read_text())
+    before = _records(tmp_path / "cache")
+    calls = []
+    real_build = backends.build_backend
+
+    def counting(spec, loaded=None, cache_dir=None):
+        backend = real_build(spec, loaded, cache_dir)
+        original = backend.generate
+        backend.generate = lambda prompts, *a: calls.append(len(prompts)) or original(prompts, *a)
+        return backend
+
+    monkeypatch.setattr(backends, "build_backend", counting)
+    # another bench config (one cell asks for 20 episodes): only the 3 methods x 8 new episodes run
+    grown = CELLS.replace("{n_way: 2, shots: 1, repeats: 0, task_induction: true}",
+                          "{n_way: 2, shots: 1, repeats: 0, task_induction: true, episodes: 20}")
+    assert grown != CELLS
+    second = json.loads(execute(stage_env(grown, runs="runs2")).read_text())
+    assert sum(calls) == 3 * 8
+    after = _records(tmp_path / "cache")
+    for name, rows in before.items():  # the first 12 episodes are the same episodes with the same answers
+        assert after[name][:12] == rows
+    m1, m2 = first["metrics"]["fewshot_eval"], second["metrics"]["fewshot_eval"]
+    for label in m1:
+        assert m2[label]["2way-ti-1shot-0rep"]["episodes"] == 20
+        assert m2[label]["2way-noti-1shot-0rep"] == m1[label]["2way-noti-1shot-0rep"]
+        rate = m2[label]["2way-ti-1shot-0rep"]["answer_is_a_class"]
+        assert 0.0 <= rate <= 1.0 and rate >= m2[label]["2way-ti-1shot-0rep"]["accuracy"]
+    md = next((tmp_path / "runs2").rglob("results.md")).read_text()
+    assert "Answers that are one of the episode's class names" in md
 
 
 def test_frozen_needs_a_local_llm(stage_env):

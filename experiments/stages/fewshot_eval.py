@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from experiments.pipeline import StageContext, StageResult, run_stages, stage
+from spae.hashing import stable_hash
+from spae.io import safe_name, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ def cells_from_config(bench: dict) -> list:
     cells = []
     for entry in bench.get("cells") or []:
         try:
+            episodes = entry.get("episodes")
             cells.append(Cell(int(entry["n_way"]), int(entry["shots"]), int(entry.get("repeats", 0)),
-                              bool(entry["task_induction"])))
+                              bool(entry["task_induction"]), None if episodes is None else int(episodes)))
         except (KeyError, TypeError) as err:
             raise ValueError(f"bench.cells entry {entry!r} needs n_way, shots, task_induction (and optionally "
                              f"repeats): {err}") from None
@@ -64,13 +67,19 @@ def prompt_template(bench: dict):
 
 # ------------------------------------------------------------------------------------------ episodes
 def plan_episodes(label_names: list[str], cells: list, n_episodes: int, seed: int) -> dict[str, list]:
-    """{cell key: episodes}. Cells differing only in task induction get the same episodes (paired)."""
+    """{cell key: episodes}: a cell's own `episodes` count, else the bench's. Cells differing only in task
+    induction get the same episodes (paired); a larger count extends a smaller one (prefix-stable)."""
     from spae.fewshot.episodes import sample_episodes
 
-    if n_episodes < 1:
-        raise ValueError(f"bench.episodes must be >= 1, got {n_episodes}")
-    return {c.key: sample_episodes(label_names, c.n_way, c.shots, n_episodes, seed=seed, repeats=c.repeats,
-                                   task_induction=c.task_induction) for c in cells}
+    planned = {}
+    for c in cells:
+        count = n_episodes if c.episodes is None else c.episodes
+        if count < 1:
+            raise ValueError(f"episodes per cell must be >= 1, got {count} for cell {c.key} "
+                             "(bench.episodes or the cell's `episodes`)")
+        planned[c.key] = sample_episodes(label_names, c.n_way, c.shots, count, seed=seed, repeats=c.repeats,
+                                         task_induction=c.task_induction)
+    return planned
 
 
 def used_images(episodes: dict[str, list]) -> list[int]:
@@ -159,16 +168,35 @@ def build_llm(cfg: dict):
     return build_backend(spec, cache_dir=Path(cfg["paths"]["cache_dir"]))
 
 
+def record_dirs(ctx: StageContext, methods: list, trained: dict[str, StageResult]) -> dict[str, Path]:
+    """{slug: folder of that method's episode records}, shared by every run and bench that would produce the
+    same answers: keyed by what determines an answer besides the episode, template and scoring (which each
+    record's key holds): the evaluation data, the method's model (stage key) and rendering, the LLM. So the
+    headline bench, the full grid and a rerun with more episodes reuse each other's finished episodes."""
+    cfg = ctx.cfg
+    llm = {k: v for k, v in cfg["llm"].items() if k != "batch_size"}  # batching does not change answers (tested)
+    base = Path(cfg["paths"]["cache_dir"]) / "fewshot_records"
+    out = {}
+    for m in methods:
+        identity = {"data": ctx.inputs["data"].key, "codebook": ctx.inputs["codebook"].key,
+                    "clip": ctx.inputs["clip"].key if m.kind == "clip" else None,
+                    "model": trained[m.model].key if m.model else None,
+                    "method": {"slug": m.slug, "kind": m.kind, "layers": m.layers, "k": m.k}, "llm": llm}
+        out[m.slug] = base / f"{safe_name(m.slug, 'bench.compare method')}-{stable_hash(identity, 16)}"
+    return out
+
+
 def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, list], template, scoring: str,
-                     out_dir: Path, chunk_size: int = 16) -> dict[str, dict[str, dict]]:
+                     out_dirs: dict[str, Path], chunk_size: int = 16) -> dict[str, dict[str, dict]]:
     """Every method on every cell's episodes. Returns {slug: {cell key: {"results", "seconds", "new"}}}.
 
-    Per (method, cell) the episodes' prompts and answers go to <out_dir>/<slug>/<cell key>.jsonl; a rerun
-    keeps what is there and evaluates the rest.
+    Per (method, cell) the episodes' prompts and answers go to <out_dirs[slug]>/<cell key>.jsonl; a rerun
+    keeps what is there and evaluates the rest. A lock per file: concurrent runs never interleave lines.
     """
     from tqdm.auto import tqdm
 
     from spae.fewshot.engine import evaluate_episodes
+    from spae.io import file_lock
 
     total = sum(len(eps) for eps in episodes.values())
     out: dict[str, dict[str, dict]] = {}
@@ -176,21 +204,27 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
         out[slug] = {}
         with tqdm(total=total, desc=f"few-shot {slug}", unit="episode") as bar:
             for cell_key, eps in episodes.items():
-                path = Path(out_dir) / slug / f"{cell_key}.jsonl"
-                before = _finished_lines(path)
-                bar.update(min(before, len(eps)))
-                seen = [min(before, len(eps))]
+                # one file per (cell, template, scoring): its episodes are a prefix-stable list, so the
+                # finished lines are exactly the first episodes of any request
+                name = safe_name(template.name, "bench.prompt.name")
+                tag = f"{cell_key}-{name}-{scoring}-{stable_hash(asdict(template), 8)}"
+                path = Path(out_dirs[slug]) / f"{tag}.jsonl"
+                with file_lock(path.with_suffix(".lock")):
+                    before = min(_finished_lines(path), len(eps))
+                    bar.update(before)
+                    seen = [before]
 
-                def progress(done: int, _total: int, seen=seen) -> None:
-                    bar.update(done - seen[0])
-                    seen[0] = done
+                    def progress(done: int, _total: int, seen=seen) -> None:
+                        bar.update(done - seen[0])
+                        seen[0] = done
 
-                start = time.perf_counter()
-                results = evaluate_episodes(backend, eps, rendered.__getitem__, template, scoring=scoring,
-                                            jsonl_path=path, resume=True, chunk_size=chunk_size, progress=progress)
+                    start = time.perf_counter()
+                    results = evaluate_episodes(backend, eps, rendered.__getitem__, template, scoring=scoring,
+                                                jsonl_path=path, resume=True, chunk_size=chunk_size,
+                                                progress=progress)
                 bar.update(len(eps) - seen[0])
                 out[slug][cell_key] = {"results": results, "seconds": time.perf_counter() - start,
-                                       "new": max(0, len(eps) - before)}
+                                       "new": len(eps) - before, "records": path}
     return out
 
 
@@ -203,8 +237,12 @@ def _finished_lines(path: Path) -> int:
 def cell_metrics(results: list) -> dict:
     from spae.fewshot.engine import summarize
 
+    from spae.fewshot.scoring import answered_a_class
+
     s = summarize(results)
-    return {"accuracy": s["accuracy"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"], "episodes": s["n"]}
+    in_label_set = [answered_a_class(r.answer, r.classes) for r in results]
+    return {"accuracy": s["accuracy"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"], "episodes": s["n"],
+            "answer_is_a_class": sum(in_label_set) / len(results) if results else float("nan")}
 
 
 def mean_accuracy(per_cell: dict[str, dict]) -> float:
@@ -276,8 +314,20 @@ def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str
 
 
 # ------------------------------------------------------------------------------------------ report
+def label_set_markdown(metrics: dict) -> str:
+    """Per method and cell, the % of answers that name one of the episode's classes (right or wrong)."""
+    cells = [k for k in next(iter(metrics.values()), {}) if k != "average"]
+    lines = ["Answers that are one of the episode's class names (%; the rest left the label set):", "",
+             "| method | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
+    for label, per_cell in metrics.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * per_cell[c]['answer_is_a_class']:.0f}" for c in cells)
+                     + " |")
+    return "\n".join(lines)
+
+
 def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fairness: dict, timing: dict,
-                    template_name: str, scoring: str, n_episodes: int, llm: dict) -> str:
+                    template_name: str, scoring: str, n_episodes: int, llm: dict, metrics: dict | None = None
+                    ) -> str:
     from benchmarks.fewshot import table1_markdown
     from spae.fewshot.scoring import SCORINGS
     from spae.results import provenance
@@ -291,9 +341,11 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
     lines = ["### Few-shot classification (SPAE Table 1 protocol)", ""]
     if stand_ins:
         lines += ["Not the paper's setup, stand-ins: " + "; ".join(stand_ins) + ".", ""]
-    lines += [f"LLM: {llm.get('name')} through {llm.get('backend')}. Prompt `{template_name}`, scoring `{scoring}`: {SCORINGS[scoring]}. {n_episodes} episodes per cell, "
+    lines += [f"LLM: {llm.get('name')} through {llm.get('backend')}. Prompt `{template_name}`, scoring `{scoring}`: {SCORINGS[scoring]}. {n_episodes} episodes per cell (or the cell's own count), "
               "the same episodes for every method.", ""]
     lines += [table1_markdown(metrics_for_table).rstrip(), ""]
+    if metrics:
+        lines += [label_set_markdown(metrics), ""]
     lines += ["| method | tokens per image | model | seconds per episode |", "|---|---:|---|---:|"]
     for label, info in methods_info.items():
         t = timing.get(label, {})
@@ -305,7 +357,7 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 
 
 # ------------------------------------------------------------------------------------------ the stage
-@stage("fewshot_eval", deps=("data", "codebook", "clip"),
+@stage("fewshot_eval", deps=("data", "codebook", "clip"), version=2,
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
     from spae.data import load_prepared
@@ -351,19 +403,20 @@ def fewshot_eval(ctx: StageContext) -> dict:
     start = time.perf_counter()
     backend = build_llm(cfg)
     timing["llm_load_seconds"] = round(time.perf_counter() - start, 2)
-    evaluated = evaluate_methods(backend, renderings, episodes, template, scoring, ctx.out_dir / "episodes",
+    evaluated = evaluate_methods(backend, renderings, episodes, template, scoring, record_dirs(ctx, methods, trained),
                                  int(bench.get("chunk_size", 32)))
 
     metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained)
     fairness = fairness_report(ctx.input_dir("data"), cfg, images, sorted(set(label_names)),
                                bench.get("fairness_max_images"))
-    copied = copy_records(ctx.out_dir / "episodes", ctx.run_dir / "fewshot_eval")
+    copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
-                               n_episodes, backend.describe())
+                               n_episodes, backend.describe(), metrics)
     if ctx.logger is not None:
-        rows = [[label, key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"]]
+        rows = [[label, key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"], v["answer_is_a_class"]]
                 for label, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
-        ctx.logger.log_table("fewshot/accuracy", ["method", "cell", "accuracy", "ci95_low", "ci95_high", "episodes"],
+        ctx.logger.log_table("fewshot/accuracy", ["method", "cell", "accuracy", "ci95_low", "ci95_high", "episodes",
+                                                  "answer_is_a_class"],
                              rows)
         ctx.logger.log_metrics({"fewshot": metrics})
     return {"metrics": metrics, "markdown": markdown, "fairness": fairness, "methods": methods_info,
@@ -372,13 +425,16 @@ def fewshot_eval(ctx: StageContext) -> dict:
             "llm": backend.describe(), "records": copied}
 
 
-def copy_records(src: Path, dst: Path) -> list[str]:
-    """Copy the per-(method, cell) JSONL files into the run folder (relative paths returned)."""
+def copy_records(evaluated: dict[str, dict[str, dict]], dst: Path) -> list[str]:
+    """Copy each (method, cell)'s JSONL of prompts and answers into the run folder as <slug>/<cell>.jsonl
+    (only this run's episodes: a shared record file may hold more); relative paths returned."""
+    import json
+
     out = []
-    for path in sorted(Path(src).rglob("*.jsonl")):
-        rel = path.relative_to(src)
-        target = Path(dst) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        out.append(str(Path(dst.name) / rel))
+    for slug, cells in evaluated.items():
+        for cell_key, entry in cells.items():
+            rel = Path(slug) / f"{cell_key}.jsonl"
+            lines = [json.dumps(asdict(r), ensure_ascii=False) for r in entry["results"]]
+            write_text_atomic(Path(dst) / rel, "\n".join(lines) + "\n")
+            out.append(str(Path(Path(dst).name) / rel))
     return out

@@ -10,9 +10,10 @@ Definitions (Tsimpoukelli et al. 2021, sec. 4 "Fast concept binding"):
   prompt template renders it, the episode only records the flag.
 Support order within a pass is shuffled, so the query's class is not given away by position.
 
-Seeding: a cell's episodes are a pure function of (seed, n_way, shots, repeats, n_episodes) and the labels.
-Task induction does not enter the seed, so the induction on/off cells use the very same episodes
-(paired comparison).
+Seeding: a cell's episodes are a pure function of (seed, n_way, shots, repeats) and the labels, drawn one
+after another from one generator, so asking for more episodes extends the list: the first 100 of 400
+episodes are the 100 episodes of a smaller run (their recorded answers are reused). Task induction does not
+enter the seed, so the induction on/off cells use the very same episodes (paired comparison).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def sample_episodes(labels: Sequence, n_way: int, shots: int, n_episodes: int, s
         raise InvalidConfigError(f"{shots} shots need {shots + 1} images per class (shots + the query) in at least "
                          f"{n_way} classes, but only {len(eligible)} classes have that many (smallest class: "
                          f"{smallest} images); lower shots or n_way")
-    rng = np.random.default_rng([seed, n_way, shots, repeats, n_episodes])
+    rng = np.random.default_rng([seed, n_way, shots, repeats])  # n_episodes left out: prefix-stable
     return [_draw(rng, by_class, eligible, n_way, shots, repeats, task_induction,
                   f"{n_way}way-{shots}shot-{repeats}rep-s{seed}-{e}") for e in range(n_episodes)]
 

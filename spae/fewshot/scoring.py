@@ -58,6 +58,12 @@ def is_correct(answer: str, target: str, scoring: str = "exact") -> bool:
     raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
 
 
+def answered_a_class(answer: str, classes: Sequence[str]) -> bool:
+    """Whether the answer is one of the episode's class names (right or wrong): separates "named the
+    wrong class" from "left the label set" (e.g. repeated an image word), which exact match conflates."""
+    return normalize(answer) in {normalize(c) for c in classes}
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95% for z=1.96); (0, 1) when n == 0."""
     if n == 0:
