@@ -198,15 +198,16 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
     from spae.fewshot.engine import evaluate_episodes
     from spae.io import file_lock
 
-    total = sum(len(eps) for eps in episodes.values())
-    out: dict[str, dict[str, dict]] = {}
-    for slug, rendered in renderings.items():
-        out[slug] = {}
-        with tqdm(total=total, desc=f"few-shot {slug}", unit="episode") as bar:
-            for cell_key, eps in episodes.items():
+    # cells outer, methods inner: an interrupted or partial run has every method on the first cells
+    total = sum(len(eps) for eps in episodes.values()) * len(renderings)
+    out: dict[str, dict[str, dict]] = {slug: {} for slug in renderings}
+    name = safe_name(template.name, "bench.prompt.name")
+    with tqdm(total=total, desc="few-shot episodes", unit="episode") as bar:
+        for cell_key, eps in episodes.items():
+            for slug, rendered in renderings.items():
+                bar.set_postfix_str(f"{slug} {cell_key}")
                 # one file per (cell, template, scoring): its episodes are a prefix-stable list, so the
                 # finished lines are exactly the first episodes of any request
-                name = safe_name(template.name, "bench.prompt.name")
                 tag = f"{cell_key}-{name}-{scoring}-{stable_hash(asdict(template), 8)}"
                 path = Path(out_dirs[slug]) / f"{tag}.jsonl"
                 with file_lock(path.with_suffix(".lock")):
