@@ -11,6 +11,7 @@ own checkpoints) and is complete only when its `_SUCCESS.json` marker exists (wr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class StageSpec:
     deps: tuple[str, ...] = ()
     config_keys: tuple[str, ...] = ()
     version: int = 1  # bump when the stage's code changes what it produces
+    distributed: bool = False  # trains with the Lightning Trainer: every DDP rank must take part (see worker_rank)
 
 
 @dataclass
@@ -59,11 +61,12 @@ class StageContext:
 STAGES: Registry[StageSpec] = Registry("stage")
 
 
-def stage(name: str, deps: tuple[str, ...] = (), config_keys: tuple[str, ...] = (), version: int = 1):
+def stage(name: str, deps: tuple[str, ...] = (), config_keys: tuple[str, ...] = (), version: int = 1,
+          distributed: bool = False):
     """Decorator that registers a stage function."""
 
     def decorator(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
-        STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version))
+        STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version, distributed))
         return fn
 
     return decorator
@@ -134,8 +137,59 @@ def run_stages(
     return results
 
 
+def worker_rank() -> int:
+    """This process's global rank when it is a DDP worker (> 0), else 0. Lightning's launcher re-runs the
+    command for local ranks > 0 with LOCAL_RANK set; torchrun sets RANK; SLURM (one task per GPU) SLURM_PROCID."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _started_by_lightning() -> bool:
+    """Lightning's launcher starts ranks > 0 when rank 0 reaches Trainer.fit (they re-run the same command)."""
+    return "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+
+
+def _run_as_worker(spec, key, out_dir, cfg, run_dir, results, logger) -> StageResult | None:
+    """A DDP worker (rank > 0) exists to take part in rank 0's training; rank 0 owns the cache and the outputs.
+
+    It never waits on a lock rank 0 may hold while waiting for this very process to join its training (a
+    deadlock otherwise): finished stages are reused; a distributed stage is run alongside rank 0 (which alone
+    writes outputs and marker), then the worker exits; a Lightning-launched worker also enters the unfinished
+    stage that rank 0 is in (it nests the training, e.g. fewshot_eval). Returns None to take the normal path
+    (ranks started together by torchrun/SLURM share the upstream stages through the lock like any process)."""
+    marker = out_dir / SUCCESS
+    if marker.exists():
+        return StageResult(spec.name, key, out_dir, read_json(marker)["summary"], True, 0.0)
+    if not spec.distributed and not _started_by_lightning():
+        return None
+    ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir, inputs={d: results[d] for d in spec.deps},
+                       logger=None)
+    start = time.perf_counter()
+    summary = spec.fn(ctx) or {}
+    if spec.distributed:
+        log.info("rank %d took part in stage %s; rank 0 writes its outputs and runs the rest", worker_rank(), spec.name)
+        raise SystemExit(0)
+    return StageResult(spec.name, key, out_dir, summary, False, time.perf_counter() - start)
+
+
+def _leave_process_group() -> None:
+    """After a DDP training the workers have exited and later stages run in this one process; torchmetrics and
+    others would otherwise try to synchronise with the exited ranks. The next training opens a new group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageResult:
     marker = out_dir / SUCCESS
+    if worker_rank() > 0:
+        done = _run_as_worker(spec, key, out_dir, cfg, run_dir, results, logger)
+        if done is not None:
+            return done
     with file_lock(out_dir.parent / f"{key}.lock"):  # concurrent runs share, never clash
         if marker.exists() and not force:
             done = read_json(marker)
@@ -150,6 +204,8 @@ def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageR
         start = time.perf_counter()
         summary = spec.fn(ctx) or {}
         seconds = time.perf_counter() - start
+        if spec.distributed:
+            _leave_process_group()
         identity = {k: select(cfg, k) for k in spec.config_keys}
         write_json_atomic(marker, {"stage": spec.name, "key": key, "seconds": seconds,
                                    "config": identity, "summary": summary})

@@ -61,6 +61,65 @@ def check_no_secrets(cfg: dict) -> None:
                           "never the value.")
 
 
+def tokenizer_methods(cfg: dict) -> dict[str, dict]:
+    """{config path: spec} of every tokenizer method the run may train: `method` and `bench.methods.*`."""
+    specs = {"method": cfg.get("method")}
+    specs.update({f"bench.methods.{name}": spec for name, spec in ((cfg.get("bench") or {}).get("methods") or {}).items()})
+    return {path: spec for path, spec in specs.items() if isinstance(spec, dict) and spec.get("kind") == "tokenizer"}
+
+
+def check_pyramid_config(cfg: dict) -> None:
+    """The semantic pyramid's settings, checked before any stage runs (not after an hour of data and CLIP
+    preparation), with messages that name the keys to set (model.layers, model.latent_size,
+    <method>.semantic.thresholds)."""
+    from spae.pyramid import Pyramid, check_thresholds
+
+    methods = tokenizer_methods(cfg)
+    model = cfg.get("model") or {}
+    if not methods or not model:
+        return
+    layered = any(not spec.get("single_layer", False) for spec in methods.values())
+    pyramid = Pyramid(model.get("layers") if layered else [model.get("latent_size")], model.get("latent_size"),
+                      sides_key="model.layers", latent_key="model.latent_size")
+    for path, spec in methods.items():
+        if spec.get("semantic_loss") and not spec.get("single_layer", False):
+            check_thresholds((spec.get("semantic") or {}).get("thresholds"), pyramid.num_layers,
+                             key=f"{path}.semantic.thresholds")
+
+
+def folder_names(cfg: dict) -> dict[str, object]:
+    """{config path: value} of every config value the stages use as a file or folder name."""
+    bench, data = cfg.get("bench") or {}, cfg.get("data") or {}
+    names: dict[str, object] = {f"bench.stages[{i}]": s for i, s in enumerate(bench.get("stages") or [])}
+    names.update({f"bench.methods.{key} (key)": key for key in bench.get("methods") or {}})
+    for i, entry in enumerate(bench.get("compare") or []):
+        names[f"bench.compare[{i}].method"] = entry.get("method") if isinstance(entry, dict) else entry
+    names.update({f"bench.recon.roles[{i}]": r for i, r in enumerate((bench.get("recon") or {}).get("roles") or [])})
+    if isinstance(bench.get("prompt"), dict):
+        names["bench.prompt.name"] = bench["prompt"].get("name")
+    for role, spec in data.items():  # data.<role>: one dataset spec, or (pretrain) a dict of specs
+        if not isinstance(spec, dict):
+            continue
+        specs = {f"data.{role}": spec} if "name" in spec else {f"data.{role}.{k}": v for k, v in spec.items()
+                                                                  if isinstance(v, dict)}
+        if not specs:
+            continue
+        names[f"data.{role} (key)"] = role
+        if "name" not in spec:  # e.g. data.pretrain.<key>: the key names the prepared dataset's folder
+            names.update({f"data.{role}.{k} (key)": k for k, v in spec.items() if isinstance(v, dict)})
+        names.update({f"{path}.name": v.get("name") for path, v in specs.items() if "name" in v})
+    return {path: value for path, value in names.items() if value is not None}
+
+
+def check_folder_names(cfg: dict) -> None:
+    """Paths from configs never escape the run and cache folders: a name with '/', '\\' or '..' is refused
+    before anything is written (the stages check again where they build paths)."""
+    from spae.io import safe_name
+
+    for path, value in folder_names(cfg).items():
+        safe_name(value, path)
+
+
 def set_offline_env(offline: bool) -> None:
     """In offline mode no library may try the network (HF hub, datasets, W&B)."""
     if offline:
@@ -93,6 +152,8 @@ def execute(cfg: DictConfig) -> Path:
     for key in ("root_dir", "cache_dir", "runs_dir"):
         container["paths"][key] = str(Path(container["paths"][key]).expanduser().resolve())
     check_no_secrets(container)
+    check_folder_names(container)
+    check_pyramid_config(container)
     set_offline_env(bool(container.get("offline", True)))
 
     import experiments.stages  # noqa: F401  (registers every stage)
@@ -141,13 +202,22 @@ def check_group_choices(argv: list[str]) -> None:
                 )
 
 
+def as_user_error(err: BaseException) -> UserError | None:
+    """The error as the user should see it, or None when it is a bug (then the traceback is shown)."""
+    return err if isinstance(err, UserError) else None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         path = execute(cfg)
-    except UserError as err:  # bad input or config: the message names the problem and the fix
+    except Exception as err:  # noqa: BLE001 - only user errors are caught; anything else is re-raised as is
+        user_error = as_user_error(err)
+        if user_error is None:
+            raise
+        # bad input or config: the message names the problem and the fix
         log.debug("user error", exc_info=True)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     print(path)
 

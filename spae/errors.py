@@ -15,3 +15,8 @@ class InvalidInputError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the run needs does not exist; the message names it and what writes it."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint or saved model was made with another configuration (architecture, codebook) than the one
+    that loads it; the message names the file, what differs, and how to get a matching one."""

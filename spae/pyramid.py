@@ -22,7 +22,8 @@ Pooling helpers turn a per-position map ``[B, D, H, W]`` into per-token vectors 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,12 @@ POOLING_MODES = ("mean", "subsample")
 class Pyramid:
     """Layer geometry of a semantic pyramid over a square latent grid (pure index arithmetic)."""
 
-    def __init__(self, layer_sides: Sequence[int], latent_size: int):
-        self.layer_sides = _validated_sides(layer_sides, latent_size)
-        self.latent_size = _as_int(latent_size, "latent_size")
+    def __init__(self, layer_sides: Sequence[int], latent_size: int, *, sides_key: str = "layer_sides",
+                 latent_key: str = "latent_size"):
+        """`sides_key` / `latent_key`: what the caller calls these values (e.g. its config keys), so that an
+        error names the setting the user wrote."""
+        self.latent_size = _validated_latent(latent_size, latent_key)
+        self.layer_sides = _validated_sides(layer_sides, self.latent_size, sides_key, latent_key)
         self._device_indices: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 
     @classmethod
@@ -131,33 +135,84 @@ class Pyramid:
         return f"Pyramid(layer_sides={self.layer_sides}, latent_size={self.latent_size})"
 
 
-def _as_int(value, what: str) -> int:
-    """Accept ints of any flavour (numpy, OmegaConf) but not bools, floats or strings."""
+def _as_int(value) -> int | None:
+    """Ints of any flavour (numpy, OmegaConf); None for bools, floats (2.5 must not become 2) and strings."""
+    if isinstance(value, bool):
+        return None
     try:
-        if isinstance(value, bool):
-            raise TypeError
         return operator.index(value)
     except TypeError:
-        raise InvalidConfigError(f"{what} must be a positive integer, got {value!r}.") from None
+        return None
 
 
-def _validated_sides(layer_sides: Sequence[int], latent_size: int) -> list[int]:
-    latent_size = _as_int(latent_size, "latent_size")
-    if latent_size < 1:
-        raise InvalidConfigError(f"latent_size must be a positive integer, got {latent_size}.")
-    sides = [_as_int(s, "Every layer side") for s in layer_sides]
-    if not sides:
-        raise InvalidConfigError("layer_sides is empty: give at least one layer side, e.g. [1, 2, 4, 8, 8].")
+def _validated_latent(latent_size, latent_key: str) -> int:
+    value = _as_int(latent_size)
+    if value is None or value < 1:
+        raise InvalidConfigError(f"{latent_key} must be a positive integer (the side of the latent grid, in "
+                                 f"positions), got {latent_size!r}.")
+    return value
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _validated_sides(layer_sides: Sequence[int], latent_size: int, sides_key: str = "layer_sides",
+                     latent_key: str = "latent_size") -> list[int]:
+    example = f"e.g. {sides_key}=[{','.join(str(d) for d in _divisors(latent_size))}]"
+    given = _as_list(layer_sides)
+    if given is None:
+        raise InvalidConfigError(f"{sides_key} must be a list of layer sides (tokens per side of each pyramid "
+                                 f"layer), got {layer_sides!r}; {example}.")
+    if not given:
+        raise InvalidConfigError(f"{sides_key} is empty: give at least one layer side, {example}.")
+    sides = []
+    for value in given:
+        side = _as_int(value)
+        if side is None or side < 1:
+            raise InvalidConfigError(f"Every entry of {sides_key} must be a positive integer (tokens per side of "
+                                     f"a pyramid layer), got {value!r} in {given}; {example}.")
+        sides.append(side)
+    divisors = _divisors(latent_size)
     for s in sides:
-        if s < 1:
-            raise InvalidConfigError(f"Every layer side must be a positive integer, got {s} in {sides}.")
         if s > latent_size:
-            raise InvalidConfigError(f"Layer side {s} exceeds latent_size {latent_size}: a layer cannot have more "
-                             f"tokens per side than the latent grid has positions.")
+            raise InvalidConfigError(f"{sides_key} has a layer side {s} that exceeds "
+                                     f"{_key_value(latent_key, latent_size)}: a layer cannot have more tokens per "
+                                     f"side than the latent grid has positions; use sides among {divisors}.")
         if latent_size % s:
-            divisors = [d for d in range(1, latent_size + 1) if latent_size % d == 0]
-            raise InvalidConfigError(f"Layer side {s} does not divide latent_size {latent_size}, so its cells would be "
-                             f"unequal; use one of {divisors}.")
+            raise InvalidConfigError(f"{sides_key} has a layer side {s} that does not divide "
+                                     f"{_key_value(latent_key, latent_size)}, so its cells would be unequal; "
+                                     f"use one of {divisors}.")
     if any(b < a for a, b in zip(sides, sides[1:])):
-        raise InvalidConfigError(f"layer_sides must be non-decreasing (coarse to fine), got {sides}.")
+        raise InvalidConfigError(f"{sides_key} must be non-decreasing (coarse to fine), got {sides}.")
     return sides
+
+
+def _as_list(values) -> list | None:
+    """Any sequence or iterable of values (list, tuple, OmegaConf list, array) as a list; None for a string,
+    a mapping or a scalar."""
+    if isinstance(values, (str, bytes, Mapping)):
+        return None
+    try:
+        return list(values)
+    except TypeError:
+        return None
+
+
+def _key_value(latent_key: str, latent_size: int) -> str:
+    return f"{latent_key}={latent_size}" if "." in latent_key else f"{latent_key} {latent_size}"
+
+
+def check_thresholds(thresholds, num_layers: int | None = None, key: str = "thresholds") -> list[float]:
+    """rho_l, one per pyramid layer, each in [0, 1] (CLIP relevance is min-max normalised). Fewer than
+    `num_layers` values is allowed (layers without one get no semantic loss); extra values are ignored."""
+    given = _as_list(thresholds)
+    if not given:
+        raise InvalidConfigError(f"{key} must be a non-empty list with one threshold in [0, 1] per pyramid layer, "
+                                 f"got {thresholds!r}; e.g. {key}=[0.95,0.9,0.85].")
+    values = given[: num_layers or None]
+    bad = [t for t in values if isinstance(t, bool) or not isinstance(t, Real) or not 0.0 <= float(t) <= 1.0]
+    if bad:
+        raise InvalidConfigError(f"Every threshold in {key} must lie in [0, 1] (relevance is min-max normalised), "
+                                 f"got {bad} in {given}; set each one between 0 and 1.")
+    return [float(t) for t in values]

@@ -67,10 +67,12 @@ class TokenPyramid:
 
 
 def pyramid_for(model: dict, method: dict) -> Pyramid:
-    """SPAE uses the model's layer sides; LQAE (method.single_layer) one full-grid layer."""
+    """SPAE uses the model's layer sides; LQAE (method.single_layer) one full-grid layer. The values are
+    validated as given (no int(): 2.5 must fail, not become 2); errors name the model config keys."""
+    keys = {"sides_key": "model.layers", "latent_key": "model.latent_size"}
     if method.get("single_layer", False):
-        return Pyramid.full(int(model["latent_size"]))
-    return Pyramid([int(s) for s in model["layers"]], int(model["latent_size"]))
+        return Pyramid([model["latent_size"]], model["latent_size"], **keys)
+    return Pyramid(model["layers"], model["latent_size"], **keys)
 
 
 class SPAETokenizer(pl.LightningModule):
@@ -105,7 +107,7 @@ class SPAETokenizer(pl.LightningModule):
         self.decoder = Decoder(self.spec)
         self.quantizer = build_quantizer(method["quantizer"], codebook_embeddings, self.pyramid,
                                          beta=float(method.get("beta", 0.25)),
-                                         pooling=method.get("pooling", "mean"))
+                                         pooling=method.get("pooling", "mean"), search=method.get("search"))
         sem = method.get("semantic") or {}
         self.semantic_loss = None
         if method.get("semantic_loss", False):
@@ -471,6 +473,8 @@ def load_tokenizer(directory: str | Path, codebook, relevance_fn: RelevanceFn | 
     """A trained tokenizer from a train-stage folder and its codebook (spae.codebook.Codebook), in eval mode."""
     from safetensors.torch import load_file
 
+    from spae.errors import CheckpointMismatchError
+
     directory = Path(directory)
     if not (directory / WEIGHTS_FILE).is_file() or not (directory / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"no trained tokenizer in {directory} (needs {WEIGHTS_FILE} and {CONFIG_FILE}); "
@@ -479,13 +483,13 @@ def load_tokenizer(directory: str | Path, codebook, relevance_fn: RelevanceFn | 
     config = meta["config"]
     expected = meta.get("describe", {}).get("codebook_size")
     if expected is not None and expected != codebook.size:
-        raise ValueError(f"the tokenizer in {directory} was trained on a codebook of {expected} words, "
+        raise CheckpointMismatchError(f"the tokenizer in {directory} was trained on a codebook of {expected} words, "
                          f"this codebook has {codebook.size}: use the codebook stage output it was trained with")
     module = SPAETokenizer(config, codebook.embeddings, codebook.words, relevance_fn, with_perceptual=False)
     state = load_file(str(directory / WEIGHTS_FILE))
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(module._frozen_prefixes())]
     if missing or unexpected:
-        raise ValueError(f"tokenizer weights in {directory} do not match its config: missing {missing[:5]}, "
+        raise CheckpointMismatchError(f"tokenizer weights in {directory} do not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return module.to(device).eval()

@@ -2,8 +2,35 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 from pathlib import Path
 from typing import Any
+
+
+def _resume_mid_stream_callback():
+    import pytorch_lightning as pl
+
+    class ResumeMidStream(pl.Callback):
+        """Our data modules restart the batch stream exactly where a checkpoint left off (spae.datamodule), so
+        for Lightning a resumed run starts a new epoch. Lightning instead restores how many batches of the
+        interrupted epoch were done and counts them against the resumed loader's length: it ends that
+        "epoch" early and replays part of the stream (another batch order than an uninterrupted run; found by
+        tests/test_reliability_resume.py). So the in-epoch batch counters are zeroed when a checkpoint loads.
+        Hand-written: Lightning only supports this for loaders that save their own position (torchdata's
+        StatefulDataLoader), which a sampler sharded by DDP is not."""
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+            progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+            if not progress:
+                return
+            # a checkpoint saved in on_train_batch_end has not yet counted that batch as completed; Lightning
+            # adds it on restart, so start the count that much below zero to land on 0
+            lag = int(progress["total"]["processed"]) - int(progress["total"]["completed"])
+            progress["current"].update(ready=0, started=0, processed=0, completed=-lag)
+
+    # Lightning's warning that such a resume "can cause unreliable results" is answered by this callback
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    return ResumeMidStream()
 
 
 def build_trainer(trainer_cfg: dict, out_dir: Path, logger: Any, *, max_steps: int,
@@ -16,7 +43,7 @@ def build_trainer(trainer_cfg: dict, out_dir: Path, logger: Any, *, max_steps: i
 
     callbacks = [ModelCheckpoint(dirpath=str(Path(out_dir) / "checkpoints"), save_last=True, save_top_k=1,
                                  every_n_train_steps=int(checkpoint_every), filename="step{step}",
-                                 auto_insert_metric_name=False)]
+                                 auto_insert_metric_name=False), _resume_mid_stream_callback()]
     progress = bool(trainer_cfg.get("progress_bar", True))
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=int(trainer_cfg.get("progress_refresh", 5))))
@@ -29,3 +56,38 @@ def build_trainer(trainer_cfg: dict, out_dir: Path, logger: Any, *, max_steps: i
         log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)), enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
     )
+
+
+def check_resume_checkpoint(path: Path, module) -> dict:
+    """The checkpoint a stage is about to resume from, checked against the module it would be loaded into:
+    every saved tensor must exist in the module with the same shape. A checkpoint from another config (a
+    file copied in, a folder reused after a code change) fails here with the file named and the fix,
+    instead of deep inside Lightning's load_state_dict. Returns the checkpoint (weights_only=True)."""
+    from spae.errors import CheckpointMismatchError
+    from spae.io import torch_load_safe
+
+    checkpoint = torch_load_safe(path)
+    saved = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointMismatchError(f"{path} is not a Lightning training checkpoint (no state_dict); delete it "
+                                      "to train from the start")
+    expected = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in saved.items()
+             if k in expected and hasattr(v, "shape") and tuple(v.shape) != tuple(expected[k].shape)]
+    unknown = [k for k in saved if k not in expected]
+    missing = [k for k in expected if k not in saved and not any(k.startswith(p) for p in _frozen(module))]
+    if wrong or unknown or missing:
+        parts = [f"{len(wrong)} tensors of another shape, e.g. {', '.join(wrong[:3])}" if wrong else "",
+                 f"unknown tensors {unknown[:3]}" if unknown else "", f"missing tensors {missing[:3]}" if missing else ""]
+        raise CheckpointMismatchError(
+            f"the checkpoint {path} was written by another model configuration: "
+            + "; ".join(p for p in parts if p) + f". Delete {Path(path).parent} to train this configuration "
+            "from the start (or rerun with force=[<stage>]), or restore the config that wrote it.")
+    return checkpoint
+
+
+def _frozen(module) -> tuple[str, ...]:
+    """State-dict prefixes a module leaves out of its checkpoints (rebuilt from packages, e.g. perceptual nets)."""
+    prefixes = getattr(module, "_frozen_prefixes", None)
+    return tuple(prefixes()) if callable(prefixes) else ()
+

@@ -37,3 +37,49 @@ def main(cache: str, run: str, counter: str, knob: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+
+
+# ------------------------------------------------------------------------------------------ resume
+class Interrupted(Exception):
+    """Stands in for a kill: raised before a batch, after the previous batch's checkpoint was written."""
+
+
+def fit_tiny_tokenizer(out_dir: Path, batches: int, stop_after: int | None = None, resume: bool = False):
+    """Train the tiny tokenizer of tests/tokenizer_helpers.py with the train stage's Trainer recipe and data
+    stream, a checkpoint every batch; `stop_after` interrupts it mid-stream, `resume` continues from
+    last.ckpt. Returns the module."""
+    import datasets
+    import numpy as np
+    import pytorch_lightning as pl
+    from PIL import Image
+
+    from spae.datamodule import PretrainDataModule
+    from spae.tokenizer import SPAETokenizer
+    from spae.training import build_trainer
+    from tests.tokenizer_helpers import fake_relevance, random_codebook, tiny_config
+
+    pl.seed_everything(0)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(12)]
+    data = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    config = tiny_config()
+    config["method"]["optim"]["total_steps"] = batches
+    codebook, words = random_codebook()
+    module = SPAETokenizer(config, codebook, words, fake_relevance(len(words)))
+    per_batch = module.optimizer_steps_per_batch
+    dm = PretrainDataModule([data], 16, batch_size=4, seed=0, total_batches=batches)  # 3 batches per epoch
+    trainer = build_trainer({"accelerator": "cpu", "progress_bar": False}, out_dir, False,
+                            max_steps=batches * per_batch, max_time_s=None, checkpoint_every=per_batch)
+    if stop_after is not None:
+        class Kill(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if pl_module.iteration >= stop_after:
+                    raise Interrupted
+
+        trainer.callbacks.append(Kill())
+    last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    except Interrupted:
+        pass
+    return module

@@ -35,3 +35,48 @@ def compose(overrides: list[str]):
 def tmp_dirs(tmp_path):
     """Overrides that keep every write of a run inside tmp_path."""
     return [f"paths.cache_dir={tmp_path / 'cache'}", f"paths.runs_dir={tmp_path / 'runs'}"]
+
+
+# ------------------------------------------------------------------------------------------ no network
+def _is_loopback(sock, address) -> bool:
+    import ipaddress
+
+    host = address[0] if isinstance(address, tuple) else address
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: the network
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Every test runs offline (issue 8): a connection to anything but loopback is refused (OSError, so code
+    under test sees what it would see offline) and fails the test, even if the code caught the error.
+    Subprocesses are not covered here; `unshare -n` covers them (docs/reliability.md)."""
+    import socket
+
+    attempts: list[str] = []
+    original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def refuse(sock, address):
+        attempts.append(f"{socket.AddressFamily(sock.family).name} {address!r}")
+        return OSError(101, f"network access in a test ({address!r}); tests must run offline")
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(sock, address):
+            raise refuse(sock, address)
+        return original_connect(sock, address)
+
+    def connect_ex(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(sock, address):
+            refuse(sock, address)
+            return 101  # ENETUNREACH
+        return original_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield attempts
+    if attempts:
+        pytest.fail("the test tried to reach the network: " + "; ".join(attempts[:5]), pytrace=False)

@@ -115,3 +115,31 @@ def test_paper_data_offline_fails_fast_on_the_cli_without_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "error: dataset" in proc.stderr and "offline=true" in proc.stderr
     assert "data=embedded" in proc.stderr
+
+
+def test_every_test_is_guarded_against_network_connections(_no_network):
+    """tests/conftest.py refuses non-loopback connections in every test and fails the test afterwards, even
+    when the code under test catches the error (as libraries with an offline fallback do)."""
+    attempts = _no_network
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(OSError, match="tests must run offline"):
+            sock.connect(("192.0.2.1", 80))  # TEST-NET-1: never routed
+        assert sock.connect_ex(("192.0.2.2", 443)) != 0
+    finally:
+        sock.close()
+    assert [a.split(" ", 1)[1] for a in attempts] == ["('192.0.2.1', 80)", "('192.0.2.2', 443)"]
+    attempts.clear()  # this test wanted them: do not fail it at teardown
+    # loopback stays allowed (the HTTP backend tests talk to a local server)
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            server.bind(("127.0.0.1", 0))
+        except OSError:  # loopback down (`unshare -n` without `ip link set lo up`): nothing to connect to
+            return
+        server.listen(1)
+        client = socket.create_connection(server.getsockname(), timeout=5)
+        client.close()
+    finally:
+        server.close()
+    assert attempts == []

@@ -79,3 +79,26 @@ def test_train_stage_rejects_other_methods(stage_inputs):
     cfg["method"] = {"name": "frozen", "kind": "prefix"}
     with pytest.raises(ValueError, match="method=spae or method=lqae"):
         train_stage(StageContext(cfg, tmp_path / "train", tmp_path / "run", inputs))
+
+
+def test_a_binding_time_cap_pauses_training_and_a_rerun_finishes_it(stage_inputs, monkeypatch):
+    """A cap that stops training early must not leave a shorter model behind as if it were the configured one."""
+    import spae.tokenizer as tok_mod
+    from experiments.stages.train import TrainingPaused, train_stage
+    from spae.errors import UserError
+
+    cfg, inputs, tmp_path = stage_inputs
+    reference = train_stage(StageContext(cfg, tmp_path / "ref", tmp_path / "run", inputs))
+    capped = copy.deepcopy(cfg)
+    capped["trainer"]["max_time_s"] = 1e-6  # binds after the first batch
+    paused_dir = tmp_path / "paused"
+    with pytest.raises(TrainingPaused, match=r"trainer.max_time_s.*rerun the same command") as err:
+        train_stage(StageContext(capped, paused_dir, tmp_path / "run", inputs))
+    assert isinstance(err.value, UserError)
+    assert (paused_dir / "checkpoints" / "last.ckpt").is_file() and not (paused_dir / tok_mod.WEIGHTS_FILE).exists()
+    resumed = train_stage(StageContext(cfg, paused_dir, tmp_path / "run", inputs))
+    assert resumed["steps"] == reference["steps"] == 3 and resumed["resumed"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "ref" / tok_mod.WEIGHTS_FILE)), load_file(str(paused_dir / tok_mod.WEIGHTS_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

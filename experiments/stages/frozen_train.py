@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
+from experiments.stages.train import stop_if_paused
 from spae.training import build_trainer
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def markdown(summary: dict, samples: list[list]) -> str:
     return "\n".join(lines)
 
 
-@stage("frozen_train", deps=("data",), version=2,  # 2: punctuation-insensitive class check
+@stage("frozen_train", deps=("data",), version=2, distributed=True,  # 2: punctuation-insensitive class check
        config_keys=("method", "llm", "trainer", "data.pretrain", "data.max_pretrain_images", "seed"))
 def frozen_train(ctx: StageContext) -> dict:
     import pytorch_lightning as pl
@@ -177,6 +178,7 @@ def frozen_train(ctx: StageContext) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None, weights_only=True)
     seconds = time.perf_counter() - start
     steps = int(trainer.global_step)
+    stop_if_paused(steps, int(method["max_steps"]), method.get("max_time_s"), "method.max_time_s", out)
 
     module.to(loaded.model.device)  # the check runs where the LLM is (Lightning returns the module to the CPU)
     after = heldout_loss(module, rows, int(method["image_size"]))

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
-from spae.training import build_trainer
+from spae.errors import UserError
+from spae.training import build_trainer, check_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,23 @@ def relevance_function(ctx: StageContext, codebook):
     return scorer.normalized_scores
 
 
-@stage("train", deps=("data", "codebook", "clip"),
-       config_keys=("model", "method", "trainer.max_steps", "trainer.max_time_s", "trainer.batch_size",
+class TrainingPaused(UserError):
+    """A wall-time cap stopped training before max_steps; the checkpoint is kept and a rerun continues."""
+
+
+def stop_if_paused(steps: int, max_steps: int, cap_s, cap_key: str, out_dir: Path) -> None:
+    """A model trained for fewer steps than configured must never be cached as the configured model (on a busy
+    machine a time cap used to yield, silently, a 36-step tokenizer reused by every later run). So a binding
+    cap pauses the stage: no _SUCCESS marker, a clear message, and the same command resumes from the checkpoint."""
+    if steps < max_steps:
+        raise TrainingPaused(f"training stopped by {cap_key}={cap_s} after {steps} of {max_steps} steps; the "
+                             f"checkpoint in {out_dir / 'checkpoints'} is kept: rerun the same command to continue "
+                             f"(it resumes there), or raise {cap_key} (null = no cap)")
+
+
+@stage("train", deps=("data", "codebook", "clip"), distributed=True,
+       # trainer.max_time_s is no key: a cap that binds pauses the stage (see stop_if_paused), never shortens it
+       config_keys=("model", "method", "trainer.max_steps", "trainer.batch_size",
                     "trainer.precision", "codebook", "clip", "data.pretrain", "data.max_pretrain_images", "seed"))
 def train_stage(ctx: StageContext) -> dict:
     import pytorch_lightning as pl
@@ -86,7 +102,7 @@ def train_stage(ctx: StageContext) -> dict:
              len(dm.dataset), resumed)
     start, first_step = time.perf_counter(), 0
     if resumed:
-        first_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"] // 2
+        first_step = check_resume_checkpoint(last, module)["global_step"] // per_batch  # UserError if foreign
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
     seconds = time.perf_counter() - start
     steps_run = module.iteration - first_step
@@ -98,7 +114,8 @@ def train_stage(ctx: StageContext) -> dict:
         "steps": module.iteration,
         "max_steps": int(tr["max_steps"]),
         "stopped_by_time": module.iteration < int(tr["max_steps"]),
-        "batch_size": int(tr["batch_size"]),
+        "batch_size": int(tr["batch_size"]),  # per process; the effective batch is batch_size x world_size
+        "world_size": trainer.world_size,
         "pretrain_images": len(dm.dataset),
         "pretrain_datasets": names,
         "resumed": resumed,
@@ -108,6 +125,9 @@ def train_stage(ctx: StageContext) -> dict:
         # mean wall seconds per batch spent in each part of the step (this attempt; see describe for sizes)
         "step_seconds": {k: round(v / max(1, steps_run), 4) for k, v in sorted(module.step_seconds.items())},
     }
+    stop_if_paused(module.iteration, int(tr["max_steps"]), tr.get("max_time_s"), "trainer.max_time_s", out)
+    if not trainer.is_global_zero:  # DDP: ranks hold identical weights; rank 0 alone writes them
+        return summary
     save_tokenizer(module, out, extra={"summary": summary})
     if ctx.logger is not None:
         ctx.logger.log_metrics({"train": {"steps": summary["steps"], "fit_seconds": summary["fit_seconds"]}})

@@ -84,7 +84,7 @@ def _build_openai_http(spec: dict, loaded=None, cache_dir=None) -> LLMBackend:
 def _build_dummy(spec: dict, loaded=None, cache_dir=None) -> LLMBackend:
     from spae.llm.dummy import DummyBackend
 
-    return DummyBackend()
+    return DummyBackend(delay_s=float(spec.get("delay_s") or 0.0))
 
 
 def build_backend(spec: dict, loaded=None, cache_dir=None) -> LLMBackend:

@@ -8,11 +8,14 @@ the rest of that line followed by a newline. Example:
 
 So on a few-shot prompt it answers with the label of the most similar support example, like a 1-nearest-
 neighbour classifier over word overlap. Without an earlier line or a matching word it answers "\\n".
-Words are whitespace-separated; max_new_tokens counts words.
+Words are whitespace-separated; max_new_tokens counts words. `delay_s` (llm.delay_s) makes every call
+sleep that long, like a slow server or model: the interruption tests need a run that is still going
+when they kill it.
 """
 from __future__ import annotations
 
 import re
+import time
 
 from spae.llm.backends import LLMBackend, cut_at_stop
 
@@ -53,13 +56,27 @@ def _first_words(text: str, n: int) -> str:
 
 class DummyBackend(LLMBackend):
     name = "dummy"
+    delay_s = 0.0  # class default: subclasses that skip __init__ stay instant
+
+    def __init__(self, delay_s: float = 0.0):
+        if not delay_s >= 0:
+            from spae.errors import InvalidConfigError
+
+            raise InvalidConfigError(f"llm.delay_s must be a number of seconds >= 0, got {delay_s!r}")
+        self.delay_s = float(delay_s)
+
+    def _wait(self) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
 
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+        self._wait()
         return [cut_at_stop(_first_words(dummy_continuation(p), max_new_tokens), stop) for p in prompts]
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
         """0.0 when the dummy's output starts with the continuation (ending at a word boundary, whitespace
         ignored at both ends), else -(1 + number of words of the continuation)."""
+        self._wait()
         scores = []
         for context, continuation in pairs:
             predicted, wanted = dummy_continuation(context).strip(), continuation.strip()
