@@ -104,7 +104,7 @@ class RunLogger:
         self._wandb_run = wandb.init(
             project=opts.get("project", "spae"), entity=opts.get("entity"), group=opts.get("group"),
             name=self.run_id, id=self.run_id[-40:].replace("/", "-") + "-" + _attempt_suffix(self.run_dir),
-            dir=str(self.run_dir), mode=mode, config=self.cfg, reinit="finish_previous",
+            dir=str(self.run_dir), mode=mode, config={**self.cfg, **knob_columns(self.cfg)}, reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off"),
         )
 
@@ -147,6 +147,18 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
+
+
+def knob_columns(cfg: dict) -> dict:
+    """{"ablation/<knob>": value} for the knobs a sweep preset names (logger.knobs), so a W&B project shows a
+    sweep's runs grouped (logger.group) with exactly the varied knobs as config columns."""
+    out = {}
+    for path in (cfg.get("logger") or {}).get("knobs") or []:
+        node: Any = cfg
+        for part in str(path).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[f"ablation/{path}"] = json.dumps(node) if isinstance(node, (list, dict)) else node
+    return out
 
 
 def _attempt_suffix(run_dir: Path) -> str:
