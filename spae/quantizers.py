@@ -44,6 +44,14 @@ SAQ's deeper layers (whose queries scale with ``l``) would dominate.
 
 Precision: all search and accumulation run in fp32 with autocast disabled and TF32 matmuls off
 (``nn_search.exact_fp32``), whatever the input dtype (bf16 distances collapse code usage); outputs are fp32.
+``search={"precision": "bf16_rerank" | "auto", "shortlist": m}`` (``method.search`` in the configs) swaps in
+the certified bf16-shortlist search of ``spae.nn_search``: the same codes as fp32 up to fp32 rounding of
+near-ties; on a CPU with AVX512-BF16 the search takes 1.4-2.3x less time (benchmarks/perf/search_precision.py,
+train_step.py).
+
+Why the layers are searched one call at a time: SAQ's and RQ's layer ``l`` target depends on the codes of
+layers ``< l``, so their queries cannot be batched into one search (VQ's could, but VQ is only LQAE's
+single-layer baseline).
 """
 from __future__ import annotations
 
@@ -53,7 +61,8 @@ import torch
 from torch import nn
 
 from spae.errors import InvalidConfigError, InvalidInputError
-from spae.nn_search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, exact_fp32, nearest, squared_norms
+from spae.nn_search import (DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, DEFAULT_SHORTLIST, PRECISIONS, exact_fp32,
+                             nearest, squared_norms)
 from spae.pyramid import POOLING_MODES, Pyramid
 from spae.registry import Registry
 
@@ -74,6 +83,31 @@ class QuantizerOutput:
     layer_queries: list[torch.Tensor]  # L x [B, n_l, D] vectors that were quantized, with grad to z
     commit_loss: torch.Tensor  # scalar, already beta-weighted
     unique_codes: list[int] = field(default_factory=list)  # distinct codes per layer in this batch
+    search_stats: dict = field(default_factory=dict)  # rows searched, rows the bf16 certificate sent to fp32
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How the nearest-code search runs (``method.search``): see ``spae.nn_search.nearest``."""
+
+    precision: str = "fp32"  # fp32 | bf16_rerank | auto
+    shortlist: int = DEFAULT_SHORTLIST  # codes per query re-ranked in fp32 (bf16_rerank / auto)
+
+    @classmethod
+    def from_config(cls, search: "dict | SearchOptions | None") -> "SearchOptions":
+        if search is None:
+            return cls()
+        if isinstance(search, SearchOptions):
+            return search
+        unknown = sorted(set(search) - {"precision", "shortlist"})
+        if unknown:
+            raise InvalidConfigError(f"Unknown method.search key(s) {unknown}; valid: precision, shortlist.")
+        options = cls(str(search.get("precision", cls.precision)), int(search.get("shortlist", cls.shortlist)))
+        if options.precision not in PRECISIONS:
+            raise InvalidConfigError(f"method.search.precision={options.precision!r}; choose one of {PRECISIONS}.")
+        if options.shortlist < 1:
+            raise InvalidConfigError(f"method.search.shortlist must be >= 1, got {options.shortlist}.")
+        return options
 
 
 class PyramidQuantizer(nn.Module):
@@ -89,6 +123,7 @@ class PyramidQuantizer(nn.Module):
         pooling: str = "mean",
         row_chunk: int = DEFAULT_ROW_CHUNK,
         code_chunk: int = DEFAULT_CODE_CHUNK,
+        search: "dict | SearchOptions | None" = None,
     ):
         super().__init__()
         if codebook.dim() != 2 or codebook.shape[0] < 1:
@@ -105,10 +140,13 @@ class PyramidQuantizer(nn.Module):
         self.beta = float(beta)
         self.pooling = pooling
         self.row_chunk, self.code_chunk = int(row_chunk), int(code_chunk)
+        self.search = SearchOptions.from_config(search)
         # Frozen and rebuilt from the codebook stage, so not saved in checkpoints (56 MB at 22k x 640).
         cb = codebook.detach().float().contiguous()
         self.register_buffer("codebook", cb, persistent=False)
         self.register_buffer("codebook_sq_norms", squared_norms(cb), persistent=False)
+        self.register_buffer("codebook_bf16", cb.to(torch.bfloat16) if self.search.precision != "fp32" else None,
+                             persistent=False)
 
     @property
     def dim(self) -> int:
@@ -134,13 +172,15 @@ class PyramidQuantizer(nn.Module):
         with exact_fp32(z.device.type):
             zf = z.float()
             code_sum = torch.zeros_like(zf, requires_grad=False)
-            prefixes, codes, queries, commits, unique = [], [], [], [], []
+            prefixes, codes, queries, commits, unique, stats = [], [], [], [], [], {}
             for li in range(num_layers):
                 layer_number = li + 1
                 query = self.pyramid.pool(self.target(zf, code_sum, layer_number), li, self.pooling)
                 idx, _ = nearest(query.detach().reshape(-1, self.dim), self.codebook,
                                  codebook_sq_norms=self.codebook_sq_norms,
-                                 row_chunk=self.row_chunk, code_chunk=self.code_chunk)
+                                 row_chunk=self.row_chunk, code_chunk=self.code_chunk,
+                                 precision=self.search.precision, shortlist=self.search.shortlist,
+                                 codebook_bf16=self.codebook_bf16, stats=stats)
                 idx = idx.view(query.shape[0], query.shape[1])
                 layer_code = self.pyramid.broadcast(self.codebook[idx], li)
                 code_sum = code_sum + layer_code
@@ -152,7 +192,7 @@ class PyramidQuantizer(nn.Module):
                 unique.append(int(torch.unique(idx).numel()))
             commit_loss = self.beta * torch.stack(commits).mean()
         return QuantizerOutput(z_q=prefixes[-1], z_q_prefix=prefixes, codes=codes, layer_queries=queries,
-                               commit_loss=commit_loss, unique_codes=unique)
+                               commit_loss=commit_loss, unique_codes=unique, search_stats=stats)
 
     @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor], num_layers: int | None = None) -> torch.Tensor:
@@ -207,7 +247,7 @@ class PyramidQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"codebook={self.codebook_size}x{self.dim}, pyramid={self.pyramid}, beta={self.beta}, "
-                f"pooling={self.pooling!r}")
+                f"pooling={self.pooling!r}, search={self.search}")
 
 
 @QUANTIZERS.register("saq")
