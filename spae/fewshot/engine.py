@@ -111,11 +111,8 @@ def _run_chunk(backend: LLMBackend, episodes: list[Episode], keys: list[str],
         flat = iter(backend.loglikelihood(pairs))
         scores = [{c: next(flat) for c in e.classes} for e in episodes]
         generations = [max(s, key=s.get) for s in scores]  # ties: the first class in episode order
-    elif all(isinstance(p, str) for p in prompts):
-        generations = backend.generate(prompts, template.max_new_tokens, template.stop)
     else:
-        segments = [p if isinstance(p, list) else [p] for p in prompts]
-        generations = backend.generate_from_embeds(segments, template.max_new_tokens, template.stop)
+        generations = generate_answers(backend, prompts, template.max_new_tokens, template.stop)
     results = []
     for key, episode, prompt, generation, score in zip(keys, episodes, prompts, generations, scores):
         answer = generation if scoring == "rank_loglik" else extract_answer(generation, template.stop)
@@ -127,29 +124,47 @@ def _run_chunk(backend: LLMBackend, episodes: list[Episode], keys: list[str],
     return results
 
 
-def _append(path: Path, result: EpisodeResult) -> None:
+def generate_answers(backend: LLMBackend, prompts: list, max_new_tokens: int, stop: list[str]) -> list[str]:
+    """Greedy generations for text prompts, or for prompts holding input-embedding segments (prefix methods)."""
+    if all(isinstance(p, str) for p in prompts):
+        return backend.generate(prompts, max_new_tokens, stop)
+    segments = [p if isinstance(p, list) else [p] for p in prompts]
+    return backend.generate_from_embeds(segments, max_new_tokens, stop)
+
+
+def append_jsonl_record(path: Path, record: dict) -> None:
+    """Append one JSON line and flush it to disk at once (an interrupted run loses at most this line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def _load_finished(path: Path) -> dict[str, EpisodeResult]:
-    """Finished episodes from a JSONL file; a torn last line (interrupted write) is cut off the file."""
+def read_jsonl_records(path: Path) -> list[dict]:
+    """The complete records of a JSONL file; a torn last line (interrupted write) is cut off the file."""
     if not path.exists():
-        return {}
+        return []
     raw = path.read_bytes()
     complete = raw[: raw.rfind(b"\n") + 1]
     if len(complete) != len(raw):
         with path.open("r+b") as f:
             f.truncate(len(complete))
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+
+
+def _append(path: Path, result: EpisodeResult) -> None:
+    append_jsonl_record(path, asdict(result))
+
+
+def _load_finished(path: Path) -> dict[str, EpisodeResult]:
+    """Finished episodes from a JSONL file; a torn last line (interrupted write) is cut off the file."""
     done = {}
-    for line in complete.decode("utf-8").splitlines():
-        if line.strip():
-            result = EpisodeResult.from_json(json.loads(line))
-            done[result.key] = result
+    for record in read_jsonl_records(path):
+        result = EpisodeResult.from_json(record)
+        done[result.key] = result
     return done
 
 
-__all__ = ["EpisodeResult", "evaluate_cells", "evaluate_episodes", "summarize", "episode_key"]
+__all__ = ["EpisodeResult", "append_jsonl_record", "evaluate_cells", "evaluate_episodes", "episode_key",
+           "generate_answers", "read_jsonl_records", "summarize"]

@@ -110,10 +110,11 @@ def render_prompt(episode: Episode, template: PromptTemplate, render_image: Call
             cache[index] = render_image_words(render_image(index), template)
         add(template.support_item, cache[index], label)
     add(template.query_item, render_image_words(render_image(episode.query[0]), template), None)
-    return _merge_text(segments)
+    return merge_segments(segments)
 
 
-def _merge_text(segments: list) -> Prompt:
+def merge_segments(segments: list) -> Prompt:
+    """Adjacent text pieces joined, empty ones dropped; a plain str when no embedding segment is left."""
     merged: list = []
     for seg in segments:
         if isinstance(seg, str) and merged and isinstance(merged[-1], str):
