@@ -192,6 +192,9 @@ def test_more_episodes_extend_the_finished_ones_and_other_benches_reuse_them(sta
         assert m2[label]["2way-noti-1shot-0rep"] == m1[label]["2way-noti-1shot-0rep"]
         rate = m2[label]["2way-ti-1shot-0rep"]["answer_is_a_class"]
         assert 0.0 <= rate <= 1.0 and rate >= m2[label]["2way-ti-1shot-0rep"]["accuracy"]
+        if rate > 0:  # accuracy = (share of class-naming answers) x (accuracy among them)
+            cell = m2[label]["2way-ti-1shot-0rep"]
+            assert cell["accuracy"] == pytest.approx(rate * cell["accuracy_when_a_class"])
     md = next((tmp_path / "runs2").rglob("results.md")).read_text()
     assert "Answers that are one of the episode's class names" in md
 
