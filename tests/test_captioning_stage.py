@@ -10,6 +10,7 @@ from conftest import compose
 
 import experiments.stages  # noqa: F401  (registers the stages)
 from experiments.run import execute
+from tests._backend_spy import count_generate_calls
 from spae.tasks.text_metrics import bleu4, cider_d, rouge_l
 
 
@@ -77,19 +78,10 @@ def test_templated_captions_are_labelled(caption_cfg, tmp_path):
 
 
 def test_rerun_reuses_answers_and_more_items_extend_them(caption_cfg, tmp_path, monkeypatch):
-    import spae.llm.backends as backends
 
     execute(caption_cfg())
     before = _records(tmp_path / "cache")
-    calls, real = [], backends.build_backend
-
-    def counting(spec, loaded=None, cache_dir=None):
-        backend = real(spec, loaded, cache_dir)
-        original = backend.generate
-        backend.generate = lambda prompts, *a: calls.append(len(prompts)) or original(prompts, *a)
-        return backend
-
-    monkeypatch.setattr(backends, "build_backend", counting)
+    calls = count_generate_calls(monkeypatch)
     execute(caption_cfg("force=[caption_eval]"))  # recomputed stage, same folder: every answer reused
     assert sum(calls) == 0 and _records(tmp_path / "cache") == before
     execute(caption_cfg("bench.items=12", runs="runs2"))  # another stage key: a new folder, all 3 x 12 asked

@@ -16,6 +16,7 @@ from conftest import compose
 import experiments.stages  # noqa: F401  (registers the stages)
 from experiments.pipeline import STAGES, StageResult, StageSpec
 from experiments.run import execute
+from tests._backend_spy import count_generate_calls
 from experiments.stages import fewshot_eval as fe
 from spae.fewshot.methods import ComparedMethod, parse_compare, render_images, tokens_per_image
 from spae.llm.dummy import DummyBackend
@@ -147,15 +148,8 @@ def test_interrupted_evaluation_resumes_and_matches_an_uninterrupted_run(stage_e
     partial = _records(tmp_path / "cache")
     done = sum(len(r) for r in partial.values())
     assert 0 < done < 9 * 12 and not (_stage_dir(tmp_path / "cache") / "_SUCCESS.json").exists()
-    calls = []
-
-    def counting(spec, loaded=None, cache_dir=None):
-        backend = real_build(spec, loaded, cache_dir)
-        original = backend.generate
-        backend.generate = lambda prompts, *a: calls.append(len(prompts)) or original(prompts, *a)
-        return backend
-
-    monkeypatch.setattr(backends, "build_backend", counting)
+    monkeypatch.setattr(backends, "build_backend", real_build)
+    calls = count_generate_calls(monkeypatch)
     resumed = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
     assert sum(calls) == 9 * 12 - done  # only the missing episodes ran
     assert resumed == reference
@@ -163,20 +157,9 @@ def test_interrupted_evaluation_resumes_and_matches_an_uninterrupted_run(stage_e
 
 
 def test_more_episodes_extend_the_finished_ones_and_other_benches_reuse_them(stage_env, tmp_path, monkeypatch):
-    import spae.llm.backends as backends
-
     first = json.loads(execute(stage_env()).read_text())
     before = _records(tmp_path / "cache")
-    calls = []
-    real_build = backends.build_backend
-
-    def counting(spec, loaded=None, cache_dir=None):
-        backend = real_build(spec, loaded, cache_dir)
-        original = backend.generate
-        backend.generate = lambda prompts, *a: calls.append(len(prompts)) or original(prompts, *a)
-        return backend
-
-    monkeypatch.setattr(backends, "build_backend", counting)
+    calls = count_generate_calls(monkeypatch)
     # another bench config (one cell asks for 20 episodes): only the 3 methods x 8 new episodes run
     grown = CELLS.replace("{n_way: 2, shots: 1, repeats: 0, task_induction: true}",
                           "{n_way: 2, shots: 1, repeats: 0, task_induction: true, episodes: 20}")
