@@ -78,7 +78,6 @@ def test_templated_captions_are_labelled(caption_cfg, tmp_path):
 
 
 def test_rerun_reuses_answers_and_more_items_extend_them(caption_cfg, tmp_path, monkeypatch):
-
     execute(caption_cfg())
     before = _records(tmp_path / "cache")
     calls = count_generate_calls(monkeypatch)
