@@ -62,15 +62,80 @@ class StreamSampler(Sampler[int]):
             pos += len(take)
 
 
+class MixedStreamSampler(Sampler[int]):
+    """Like StreamSampler, over several datasets concatenated (sizes `sizes`), each drawn with its own
+    share `weights` of the stream instead of in proportion to its size. Position i of the stream lies in
+    block i // BLOCK, whose dataset order is a seeded shuffle of the datasets' quotas (largest remainder);
+    each dataset's images come from its own endless seeded shuffles. Everything is a pure function of the
+    position, so a resumed run continues the same stream (as StreamSampler does)."""
+
+    BLOCK = 1000
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int, start: int, length: int):
+        if len(sizes) != len(weights) or not sizes or min(sizes) < 1:
+            raise ValueError(f"one positive size per weight needed, got sizes {list(sizes)}, weights {list(weights)}")
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"pretraining mix weights must be >= 0 and not all 0, got {list(weights)}")
+        self.sizes, self.seed, self.start, self.length = [int(n) for n in sizes], int(seed), int(start), int(length)
+        self.offsets = [0, *torch.tensor(self.sizes).cumsum(0).tolist()[:-1]]
+        self.quotas = largest_remainder([w / sum(weights) for w in weights], self.BLOCK)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _block_order(self, block: int) -> torch.Tensor:
+        order = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.quotas))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+        return order[torch.randperm(self.BLOCK, generator=gen)]
+
+    def _local_image(self, part: int, j: int, perms: dict) -> int:
+        """The j-th image of dataset `part`'s own stream (seeded shuffles, one per pass; memoised in perms)."""
+        epoch, offset = divmod(j, self.sizes[part])
+        if (part, epoch) not in perms:
+            gen = torch.Generator().manual_seed((self.seed + 7919 * (part + 1)) * 1_000_003 + epoch)
+            perms[(part, epoch)] = torch.randperm(self.sizes[part], generator=gen).tolist()
+        return perms[(part, epoch)][offset]
+
+    def __iter__(self) -> Iterator[int]:
+        pos, end, perms = self.start, self.start + self.length, {}
+        while pos < end:
+            block, offset = divmod(pos, self.BLOCK)
+            order = self._block_order(block)
+            seen = [block * q for q in self.quotas]  # images of each dataset before this block
+            for part in order[:offset].tolist():
+                seen[part] += 1
+            for part in order[offset: offset + (end - pos)].tolist():
+                yield self.offsets[part] + self._local_image(part, seen[part], perms)
+                seen[part] += 1
+                pos += 1
+
+
+def largest_remainder(shares: Sequence[float], total: int) -> list[int]:
+    """Integer counts summing to `total` closest to shares x total (Hamilton's method)."""
+    raw = [s * total for s in shares]
+    counts = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+PRETRAIN_MIXES = ("proportional", "balanced")
+
+
 class PretrainDataModule(pl.LightningDataModule):
+    """mix: how the pretraining sets share the stream. proportional: one shuffle of their union (each in
+    proportion to its size); balanced: equal shares, whatever their sizes (a small set is repeated)."""
+
     def __init__(self, datasets: Sequence, image_size: int, batch_size: int, seed: int, total_batches: int,
-                 num_workers: int = 0, channels: int = 3):
+                 num_workers: int = 0, channels: int = 3, mix: str = "proportional"):
         super().__init__()
         if batch_size < 1 or total_batches < 1:
             raise ValueError(f"batch_size and total_batches must be >= 1, got {batch_size}, {total_batches}")
+        if mix not in PRETRAIN_MIXES:
+            raise ValueError(f"method.pretrain_mix={mix!r}; valid: {', '.join(PRETRAIN_MIXES)}")
         self.dataset = ImageDataset(datasets, image_size, channels)
         self.batch_size, self.seed, self.total_batches = int(batch_size), int(seed), int(total_batches)
-        self.num_workers = int(num_workers)
+        self.num_workers, self.mix = int(num_workers), mix
 
     def batches_done(self) -> int:
         """Batches the (restored) training state has already consumed."""
@@ -83,7 +148,12 @@ class PretrainDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         done = self.batches_done()
         remaining = max(self.total_batches - done, 1)
-        sampler = StreamSampler(len(self.dataset), self.seed, done * self.batch_size, remaining * self.batch_size)
+        start, length = done * self.batch_size, remaining * self.batch_size
+        if self.mix == "balanced" and len(self.dataset.parts) > 1:
+            sizes = [len(part) for part in self.dataset.parts]
+            sampler = MixedStreamSampler(sizes, [1.0] * len(sizes), self.seed, start, length)
+        else:
+            sampler = StreamSampler(len(self.dataset), self.seed, start, length)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           collate_fn=self.dataset.collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

@@ -57,13 +57,36 @@ class EfficientNetPerceptual(nn.Module):
                 out.append(h)
         return out
 
-    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        both = self.features(torch.cat([recon, target]))
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, target_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """recon[i] is compared with target[target_index[i]] (default: recon holds k x B images, k
+        reconstructions of the same B targets in that order, e.g. several pyramid prefixes). The targets'
+        features are computed once, without autograd, and gathered, instead of once per reconstruction
+        with a backward pass through them."""
+        rows = target_rows(recon, target, target_index)
+        with torch.no_grad():
+            target_feats = self.features(target)
+        recon_feats = self.features(recon)
         loss = recon.new_zeros(())
-        for feat in both:
-            a, b = _unit_channels(feat).chunk(2)
-            loss = loss + (a - b).pow(2).sum(1).mean()
-        return loss / len(both)
+        for a, b in zip(recon_feats, target_feats):
+            loss = loss + (_unit_channels(a) - _unit_channels(b)[rows]).pow(2).sum(1).mean()
+        return loss / len(recon_feats)
+
+
+def target_rows(recon: torch.Tensor, target: torch.Tensor, target_index: torch.Tensor | None) -> torch.Tensor:
+    """For each reconstruction, the row of its target (see EfficientNetPerceptual.forward)."""
+    if recon.shape[1:] != target.shape[1:]:
+        raise ValueError(f"perceptual loss: reconstructions {tuple(recon.shape)} and targets "
+                         f"{tuple(target.shape)} differ in image shape")
+    if target_index is None:
+        if recon.shape[0] % target.shape[0]:
+            raise ValueError(f"perceptual loss: {recon.shape[0]} reconstructions for {target.shape[0]} targets; "
+                             "pass target_index or k x B reconstructions of B targets")
+        return torch.arange(target.shape[0], device=target.device).repeat(recon.shape[0] // target.shape[0])
+    if target_index.shape != (recon.shape[0],):
+        raise ValueError(f"perceptual loss: target_index of shape {tuple(target_index.shape)} for "
+                         f"{recon.shape[0]} reconstructions")
+    return target_index
 
 
 def _unit_channels(x: torch.Tensor) -> torch.Tensor:
@@ -79,7 +102,9 @@ class TorchmetricsLPIPS(nn.Module):
         self.lpips = LearnedPerceptualImagePatchSimilarity(net_type=net_type, normalize=True)
         self.lpips.requires_grad_(False)
 
-    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, target_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        target = target[target_rows(recon, target, target_index)]
         return self.lpips(recon.clamp(0, 1), target.clamp(0, 1))
 
 

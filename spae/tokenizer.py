@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from spae.discriminator import PatchDiscriminator
-from spae.losses import LeCam, adaptive_gan_weight, discriminator_loss, generator_loss, reconstruction_loss
+from spae.losses import (LeCam, adaptive_gan_weight, discriminator_loss, generator_loss, reconstruction_loss,
+                         ssim_loss)
 from spae.networks import ArchSpec, Decoder, Encoder, count_parameters
 from spae.perceptual import build_perceptual, describe_perceptual
 from spae.pyramid import Pyramid
@@ -317,17 +318,25 @@ class SPAETokenizer(pl.LightningModule):
         gan = self.loss_cfg.get("gan") or {}
         return float(gan.get("weight", 0.0)) > 0 and it >= int(gan.get("start_step", 0))
 
-    def _prefixes_to_train(self, gen: torch.Generator) -> list[int]:
-        """Prefix lengths (besides the full pyramid) that also get the reconstruction loss this step."""
+    def _prefix_plan(self, batch: int, gen: torch.Generator) -> list[tuple[int, torch.Tensor]]:
+        """(prefix length, images of the batch) pairs that also get the reconstruction losses this step,
+        besides the full pyramid on every image. all: every prefix on every image (most signal, the decoder
+        sees L x the images); random: one prefix, drawn per step, on every image; stratified: every prefix
+        each step, each on its own share of a random permutation of the batch (the cost of random, every
+        prefix in every gradient); none."""
         L = self.pyramid.num_layers
         mode = self.loss_cfg.get("prefix_recon", "random")
+        every_image = torch.arange(batch)
         if L == 1 or mode == "none":
             return []
         if mode == "all":
-            return list(range(1, L))
+            return [(p, every_image) for p in range(1, L)]
         if mode == "random":
-            return [int(torch.randint(1, L, (1,), generator=gen))]
-        raise ValueError(f"method.loss.prefix_recon={mode!r}; valid: all, random, none")
+            return [(int(torch.randint(1, L, (1,), generator=gen)), every_image)]
+        if mode == "stratified":
+            shares = torch.randperm(batch, generator=gen).tensor_split(L - 1)
+            return [(p, idx.sort().values) for p, idx in zip(range(1, L), shares) if idx.numel()]
+        raise ValueError(f"method.loss.prefix_recon={mode!r}; valid: all, random, stratified, none")
 
     def generator_losses(self, images: torch.Tensor, it: int, gen: torch.Generator) -> dict:
         cfg = self.loss_cfg
@@ -336,22 +345,28 @@ class SPAETokenizer(pl.LightningModule):
             z = self.encode_latent(images)
         with self._timed("quantizer"):
             q = self.quantizer(z)
-        prefixes = self._prefixes_to_train(gen)
+        plan = self._prefix_plan(B, gen)
         with self._timed("decoder"):
-            latents = torch.cat([q.z_q] + [q.z_q_prefix[p - 1] for p in prefixes])
+            latents = torch.cat([q.z_q] + [q.z_q_prefix[p - 1][idx] for p, idx in plan])
             recons = self.decode_latent(latents)  # one decoder pass over full + prefix latents
-        targets = images.repeat(1 + len(prefixes), 1, 1, 1)
+        target_index = torch.cat([torch.arange(B)] + [idx for _, idx in plan]).to(images.device)
+        targets = images[target_index]
         kind = cfg.get("recon", "l2")
         rec_full = reconstruction_loss(recons[:B], images, kind)
         nll = rec_full
         out = {"recon_full": recons[:B], "rec": rec_full.detach(), "commit": q.commit_loss.detach()}
-        if prefixes:
+        if plan:
             rec_prefix = reconstruction_loss(recons[B:], targets[B:], kind)
             nll = nll + float(cfg.get("prefix_weight", 1.0)) * rec_prefix
             out["rec_prefix"] = rec_prefix.detach()
+        if float(cfg.get("ssim_weight", 0.0)) > 0:
+            with self._timed("ssim"):
+                dissim = ssim_loss(recons, targets)
+            nll = nll + float(cfg["ssim_weight"]) * dissim
+            out["ssim_loss"] = dissim.detach()
         if self.perceptual is not None and float(cfg.get("perceptual_weight", 0.0)) > 0:
             with self._timed("perceptual"):
-                perc = self.perceptual(recons, targets)
+                perc = self.perceptual(recons, images, target_index)  # target features computed once
             nll = nll + float(cfg["perceptual_weight"]) * perc
             out["perceptual"] = perc.detach()
         total = nll + q.commit_loss

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spae.losses import (LeCam, adaptive_gan_weight, discriminator_loss, generator_loss,
-                         reconstruction_loss)
+                         reconstruction_loss, ssim_loss)
 from spae.perceptual import build_perceptual, describe_perceptual
 
 
@@ -67,3 +67,29 @@ def test_lpips_refuses_offline():
     with pytest.raises(ValueError, match="offline"):
         build_perceptual("lpips_vgg", offline=True)
     assert build_perceptual("none") is None
+
+
+def test_perceptual_with_shared_targets_equals_comparing_each_pair():
+    """Several reconstructions of the same targets (pyramid prefixes) give the same loss whether the targets
+    are repeated by hand, gathered by index, or left for the module to repeat."""
+    perc = build_perceptual("efficientnet_lite0", min_size=32)
+    targets = torch.rand(3, 3, 16, 16)
+    recons = torch.rand(6, 3, 16, 16)
+    by_hand = perc(recons, targets.repeat(2, 1, 1, 1))
+    assert perc(recons, targets) == pytest.approx(float(by_hand), rel=1e-5)
+    index = torch.tensor([2, 0, 1, 1, 0, 2])
+    assert perc(recons, targets, index) == pytest.approx(float(perc(recons, targets[index])), rel=1e-5)
+    with pytest.raises(ValueError, match="reconstructions"):
+        perc(torch.rand(4, 3, 16, 16), targets)
+
+
+def test_ssim_loss_is_zero_for_a_copy_and_charges_texture_on_flat_backgrounds_more_than_l2_does():
+    white = torch.ones(2, 3, 32, 32)
+    assert float(ssim_loss(white, white)) == pytest.approx(0.0, abs=1e-6)
+    faint_texture = (white - 0.03 * torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    flat_grey = torch.full_like(white, 0.9)  # a larger L2 error, no structure
+    assert reconstruction_loss(faint_texture, white) < reconstruction_loss(flat_grey, white)
+    assert ssim_loss(faint_texture, white) > ssim_loss(flat_grey, white)
+    recon = faint_texture.clone().requires_grad_(True)
+    ssim_loss(recon, white).backward()
+    assert recon.grad.abs().sum() > 0

@@ -116,12 +116,26 @@ def time_variant(model_preset: str, method_overrides: dict, codebook: torch.Tens
     return {"step": step, "parts": parts, "fallback_rate": search["fallback_rows"] / max(1, search["rows"])}
 
 
-def variants_for(caps: list[int], precisions: list[str], shortlist: int) -> list[tuple[str, int, dict]]:
+def parse_loss_variant(text: str) -> dict:
+    """"prefix_recon=all,ssim_weight=0.1" -> {"prefix_recon": "all", "ssim_weight": 0.1} (YAML values)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--loss-variants entry {text!r}: expected key=value pairs separated by commas")
+    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
+
+
+def variants_for(caps: list[int], precisions: list[str], shortlist: int, loss_variants: list[str] = ("",)
+                 ) -> list[tuple[str, int, dict]]:
     out = []
-    for cap in caps:
-        for precision in precisions:
-            label = f"V={cap} {precision}" + (f" m={shortlist}" if precision != "fp32" else "")
-            out.append((label, cap, {"search": {"precision": precision, "shortlist": shortlist}}))
+    for loss_text in loss_variants:
+        for cap in caps:
+            for precision in precisions:
+                label = f"V={cap} {precision}" + (f" m={shortlist}" if precision != "fp32" else "")
+                label = f"{loss_text} {label}" if loss_text else label
+                overrides = {"search": {"precision": precision, "shortlist": shortlist}}
+                if loss_text:
+                    overrides["loss"] = parse_loss_variant(loss_text)
+                out.append((label, cap, overrides))
     return out
 
 
@@ -167,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16_rerank"])
     parser.add_argument("--shortlist", type=int, default=32)
     parser.add_argument("--perceptual", default=None, help="override method.loss.perceptual (e.g. none)")
+    parser.add_argument("--loss-variants", nargs="+", default=[""], help="method.loss overrides to compare, one "
+                        "entry per variant, e.g. prefix_recon=random 'prefix_recon=all,ssim_weight=0.1'")
     parser.add_argument("--cache", default=None, help="pipeline cache holding the codebook stage")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); 1 is "
                         "the least disturbed by other processes on an oversubscribed machine")
@@ -179,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     codebook, source = load_codebook(cache, args.vocab)
     codebook = codebook[: args.vocab]
     caps = [args.vocab] + [c for c in args.caps if c != args.vocab]
-    variants = variants_for(caps, args.precisions, args.shortlist)
+    variants = variants_for(caps, args.precisions, args.shortlist, args.loss_variants)
     print(f"model {args.model}, batch {args.batch}, {args.steps} timed steps after {args.warmup}, best of "
           f"{args.rounds} rounds; codebook: {source}; torch threads {torch.get_num_threads()}; load average "
           f"{os.getloadavg()[0]:.1f}; images: noise, CLIP relevance: random stand-in", flush=True)
@@ -187,8 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     loss = yaml.safe_load((CONF / "method" / "spae.yaml").read_text())["loss"]
     for _ in range(args.rounds):
         for label, cap, overrides in variants:
+            merged_loss = {**loss, **overrides.get("loss", {})}
             if args.perceptual is not None:
-                overrides = {**overrides, "loss": {**loss, "perceptual": args.perceptual}}
+                merged_loss["perceptual"] = args.perceptual
+            overrides = {**overrides, "loss": merged_loss}
             rounds[label].append(time_variant(args.model, overrides, codebook[:cap], args.batch, args.warmup,
                                               args.steps))
     results = {label: best_of(r) for label, r in rounds.items()}

@@ -89,7 +89,8 @@ def train_stage(ctx: StageContext) -> dict:
     datasets = [load_prepared(ctx.input_dir("data"), "pretrain", n) for n in names]
     tr = cfg["trainer"]
     dm = PretrainDataModule(datasets, config["model"]["image_size"], int(tr["batch_size"]), config["seed"],
-                            total_batches=int(tr["max_steps"]), num_workers=int(tr.get("num_workers", 0)))
+                            total_batches=int(tr["max_steps"]), num_workers=int(tr.get("num_workers", 0)),
+                            mix=str(config["method"].get("pretrain_mix", "proportional")))
     logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
     per_batch = module.optimizer_steps_per_batch  # Lightning counts every optimizer's step
     tr = cfg["trainer"]
