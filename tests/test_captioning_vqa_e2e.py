@@ -32,12 +32,12 @@ def test_captioning_and_vqa_benches_with_real_tiny_models(tmp_path):
                         f"data.pretrain.fashion_mnist.path={fm}", "~data.pretrain.easy_vqa", "~data.classification",
                         "~data.generation", "dataset@data.vqa=vqav2", f"data.vqa.path={data}",
                         "data.vqa.answer_column=answer", "data.vqa.train_split=train", "data.vqa.eval_split=test",
-                        "+dataset@data.captioning=coco_captions", "bench.data_role=captioning", f"data.captioning.path={data}",
+                        "+dataset@data.captioning=coco_captions", f"data.captioning.path={data}",
                         "data.captioning.image_column=image", "data.captioning.caption_column=captions",
                         "+data.captioning.group_column=image_id", "bench.items=4", "bench.shots=2",
                         "bench.llm_batch_size=4", *TINY, *METHODS, *extra])
 
-    captions = json.loads(execute(cfg("captioning")).read_text())
+    captions = json.loads(execute(cfg("captioning", "bench.data_role=captioning")).read_text())
     metrics = captions["metrics"]["caption_eval"]
     assert len(metrics["methods"]) == 5 and metrics["caption_source"] == "real"
     for m in metrics["methods"].values():
