@@ -165,7 +165,7 @@ def execute(cfg: DictConfig) -> Path:
     log.info("run %s -> %s", identity, run_dir)
 
     start = time.perf_counter()
-    code_version = git_sha()  # the code the run starts with: a long run must not report a later checkout's
+    code_version = git_sha()
     with RunLogger.from_config(container, run_dir, identity) as logger:
         targets = list(container["bench"]["stages"])
         results = run_stages(targets, container, Path(container["paths"]["cache_dir"]), run_dir,
@@ -178,8 +178,8 @@ def execute(cfg: DictConfig) -> Path:
                 markdown.append(summary["markdown"])
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
-        payload = build_results(redact(container), config_hash(container), metrics, stage_seconds,
-                                extra={"git_sha": code_version, "run_id": identity, "stages_reused": cached,
+        payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,
+                                extra={"run_id": identity, "stages_reused": cached,
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")
         logger.log_results(payload)

@@ -49,8 +49,9 @@ def method_label(cfg: dict) -> str:
     return (cfg.get("method") or {}).get("name", "unknown")
 
 
-def build_results(cfg: dict, config_hash: str, metrics: dict, stage_seconds: dict[str, float],
+def build_results(cfg: dict, config_hash: str, metrics: dict, stage_seconds: dict[str, float], code_version: str,
                   extra: dict | None = None) -> dict:
+    """code_version: git_sha() taken when the run started (a long run must not report a later checkout)."""
     bench = cfg.get("bench", {})
     return {
         "bench": bench.get("name"),
@@ -62,7 +63,7 @@ def build_results(cfg: dict, config_hash: str, metrics: dict, stage_seconds: dic
         "metrics": metrics,
         "stage_seconds": stage_seconds,
         "config_hash": config_hash,
-        "git_sha": git_sha(),
+        "git_sha": code_version,
         **(extra or {}),
         "config": cfg,
     }
