@@ -119,12 +119,24 @@ def largest_remainder(shares: Sequence[float], total: int) -> list[int]:
     return counts
 
 
-PRETRAIN_MIXES = ("proportional", "balanced")
+PRETRAIN_MIXES = ("proportional", "balanced", "sqrt")
+
+
+def mix_weights(sizes: Sequence[int], mix: str) -> list[float]:
+    """Stream share of each pretraining set: balanced = equal; sqrt = proportional to sqrt(size), the
+    temperature sampling of multilingual LMs (alpha = 0.5) between proportional (alpha = 1) and balanced
+    (alpha = 0): a small set is seen more often without the large one losing half the stream."""
+    if mix == "balanced":
+        return [1.0] * len(sizes)
+    if mix == "sqrt":
+        return [float(n) ** 0.5 for n in sizes]
+    raise ValueError(f"no mix weights for {mix!r}")
 
 
 class PretrainDataModule(pl.LightningDataModule):
     """mix: how the pretraining sets share the stream. proportional: one shuffle of their union (each in
-    proportion to its size); balanced: equal shares, whatever their sizes (a small set is repeated)."""
+    proportion to its size); balanced: equal shares, whatever their sizes (a small set is repeated); sqrt:
+    shares proportional to the square roots of their sizes."""
 
     def __init__(self, datasets: Sequence, image_size: int, batch_size: int, seed: int, total_batches: int,
                  num_workers: int = 0, channels: int = 3, mix: str = "proportional"):
@@ -149,9 +161,9 @@ class PretrainDataModule(pl.LightningDataModule):
         done = self.batches_done()
         remaining = max(self.total_batches - done, 1)
         start, length = done * self.batch_size, remaining * self.batch_size
-        if self.mix == "balanced" and len(self.dataset.parts) > 1:
+        if self.mix != "proportional" and len(self.dataset.parts) > 1:
             sizes = [len(part) for part in self.dataset.parts]
-            sampler = MixedStreamSampler(sizes, [1.0] * len(sizes), self.seed, start, length)
+            sampler = MixedStreamSampler(sizes, mix_weights(sizes, self.mix), self.seed, start, length)
         else:
             sampler = StreamSampler(len(self.dataset), self.seed, start, length)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from spae.discriminator import PatchDiscriminator
-from spae.losses import (LeCam, adaptive_gan_weight, discriminator_loss, generator_loss, reconstruction_loss,
-                         ssim_loss)
+from spae.losses import (LeCam, adaptive_gan_weight, discriminator_loss, generator_loss, per_image_reconstruction_loss,
+                         prefix_order_loss, reconstruction_loss, ssim_loss)
 from spae.networks import ArchSpec, Decoder, Encoder, count_parameters
 from spae.perceptual import build_perceptual, describe_perceptual
 from spae.pyramid import Pyramid
@@ -338,6 +338,34 @@ class SPAETokenizer(pl.LightningModule):
             return [(p, idx.sort().values) for p, idx in zip(range(1, L), shares) if idx.numel()]
         raise ValueError(f"method.loss.prefix_recon={mode!r}; valid: all, random, stratified, none")
 
+    def _with_order_pairs(self, plan: list[tuple[int, torch.Tensor]], batch: int
+                          ) -> tuple[list[tuple[int, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+        """For method.loss.prefix_order_weight: every planned prefix p also gets prefix p + 1 on the same
+        images (added to the plan where missing; p + 1 = L is the full pyramid, decoded for every image
+        anyway). Returns the plan and the (longer, shorter) rows of the decoder batch, row 0..B-1 being the
+        full pyramid and then the plan's entries in order."""
+        L = self.pyramid.num_layers
+        rows: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        offset = batch
+        for p, idx in plan:
+            rows[(p, tuple(idx.tolist()))] = torch.arange(offset, offset + idx.numel())
+            offset += idx.numel()
+        plan = list(plan)
+        longer, shorter = [], []
+        for p, idx in list(plan):
+            key = tuple(idx.tolist())
+            if p + 1 == L:
+                above = idx.clone()
+            elif (p + 1, key) in rows:
+                above = rows[(p + 1, key)]
+            else:
+                plan.append((p + 1, idx))
+                above = rows[(p + 1, key)] = torch.arange(offset, offset + idx.numel())
+                offset += idx.numel()
+            longer.append(above)
+            shorter.append(rows[(p, key)])
+        return plan, (torch.cat(longer), torch.cat(shorter))
+
     def generator_losses(self, images: torch.Tensor, it: int, gen: torch.Generator) -> dict:
         cfg = self.loss_cfg
         B = images.shape[0]
@@ -346,6 +374,8 @@ class SPAETokenizer(pl.LightningModule):
         with self._timed("quantizer"):
             q = self.quantizer(z)
         plan = self._prefix_plan(B, gen)
+        order_weight = float(cfg.get("prefix_order_weight", 0.0))
+        plan, order_pairs = self._with_order_pairs(plan, B) if order_weight > 0 and plan else (plan, None)
         with self._timed("decoder"):
             latents = torch.cat([q.z_q] + [q.z_q_prefix[p - 1][idx] for p, idx in plan])
             recons = self.decode_latent(latents)  # one decoder pass over full + prefix latents
@@ -359,11 +389,22 @@ class SPAETokenizer(pl.LightningModule):
             rec_prefix = reconstruction_loss(recons[B:], targets[B:], kind)
             nll = nll + float(cfg.get("prefix_weight", 1.0)) * rec_prefix
             out["rec_prefix"] = rec_prefix.detach()
-        if float(cfg.get("ssim_weight", 0.0)) > 0:
+        ssim_weight = float(cfg.get("ssim_weight", 0.0))
+        per_image = None
+        if ssim_weight > 0:
             with self._timed("ssim"):
-                dissim = ssim_loss(recons, targets)
-            nll = nll + float(cfg["ssim_weight"]) * dissim
+                dissim_per_image = ssim_loss(recons, targets, reduction="none")
+            dissim = dissim_per_image.mean()
+            nll = nll + ssim_weight * dissim
             out["ssim_loss"] = dissim.detach()
+            per_image = ssim_weight * dissim_per_image
+        if order_pairs is not None:
+            appearance = per_image_reconstruction_loss(recons, targets, kind)
+            appearance = appearance if per_image is None else appearance + per_image
+            longer, shorter = order_pairs
+            order = prefix_order_loss(appearance[longer], appearance[shorter])
+            nll = nll + order_weight * order
+            out["prefix_order"] = order.detach()
         if self.perceptual is not None and float(cfg.get("perceptual_weight", 0.0)) > 0:
             with self._timed("perceptual"):
                 perc = self.perceptual(recons, images, target_index)  # target features computed once

@@ -54,3 +54,57 @@ def test_ssim_term_is_logged_and_trains_the_decoder():
     assert float(losses["nll"]) == pytest.approx(float(plain["nll"]) + 0.5 * float(losses["ssim_loss"]), rel=1e-5)
     losses["total"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in with_ssim.decoder.parameters())
+
+
+def order_pairs(module: SPAETokenizer, batch: int, step: int):
+    gen = torch.Generator().manual_seed(step)
+    return module._with_order_pairs(module._prefix_plan(batch, gen), batch)
+
+
+def decoded(plan_with_extras, batch: int) -> list[tuple[int, int]]:
+    """(prefix length, image) of every row of the decoder batch: the full pyramid first, then the plan."""
+    rows = [(3, i) for i in range(batch)]  # the tiny config has 3 layers
+    return rows + [(p, i) for p, idx in plan_with_extras for i in idx.tolist()]
+
+
+@pytest.mark.parametrize("mode", ["stratified", "all", "random"])
+def test_prefix_order_pairs_compare_the_same_image_with_one_layer_more(mode):
+    module = tokenizer(mode, prefix_order_weight=1.0)
+    for step in range(4):
+        base = module._prefix_plan(6, torch.Generator().manual_seed(step))
+        extended, (longer, shorter) = order_pairs(module, 6, step)
+        rows = decoded(extended, 6)
+        assert len(longer) == len(shorter) == sum(idx.numel() for _, idx in base)  # one pair per planned row
+        for lo, sh in zip(longer.tolist(), shorter.tolist()):
+            assert rows[lo][1] == rows[sh][1] and rows[lo][0] == rows[sh][0] + 1
+        if mode == "all":  # every prefix is already decoded on every image: nothing to add
+            assert [(p, idx.tolist()) for p, idx in extended] == [(p, idx.tolist()) for p, idx in base]
+    if mode == "stratified":  # every consecutive pair (1, 2) and (2, 3) is compared each step
+        _, (longer, shorter) = order_pairs(module, 6, 0)
+        rows = decoded(order_pairs(module, 6, 0)[0], 6)
+        assert {rows[s][0] for s in shorter.tolist()} == {1, 2}
+
+
+def test_prefix_order_loss_charges_only_images_that_got_worse_and_only_the_longer_prefix():
+    from spae.losses import prefix_order_loss
+
+    shorter = torch.tensor([0.5, 0.2, 0.3], requires_grad=True)
+    longer = torch.tensor([0.4, 0.6, 0.3], requires_grad=True)
+    loss = prefix_order_loss(longer, shorter)
+    assert float(loss.detach()) == pytest.approx(0.4 / 3)
+    loss.backward()
+    assert shorter.grad is None or not shorter.grad.any()
+    assert longer.grad.tolist() == pytest.approx([0.0, 1 / 3, 0.0])
+    with pytest.raises(ValueError, match="per-image"):
+        prefix_order_loss(longer[:2], shorter)
+
+
+def test_prefix_order_term_enters_the_loss_and_trains_the_decoder():
+    images = torch.rand(4, 3, 16, 16)
+    module = tokenizer("stratified", ssim_weight=0.5, prefix_order_weight=2.0)
+    losses = module.generator_losses(images, 0, torch.Generator().manual_seed(0))
+    assert "prefix_order" in losses and float(losses["prefix_order"]) >= 0
+    losses["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.decoder.parameters())
+    off = tokenizer("stratified", ssim_weight=0.5)
+    assert "prefix_order" not in off.generator_losses(images, 0, torch.Generator().manual_seed(0))
