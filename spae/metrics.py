@@ -5,10 +5,18 @@
   (a per-batch average would understate usage).
 - Semantic relevance per layer: mean min-max-normalised CLIP score of the chosen words
   (spae.semantic_loss.semantic_relevance), averaged over images.
+- The SSIM step from l-1 to l layers measured on the same images: mean per-image difference with a 95%
+  interval and the share of images it improves (whether a small step is real or run-to-run noise).
+- With the layer sides: the SSIM of each image painted with the mean colour of each cell of layer l's grid,
+  a model-free reference for what that resolution alone gives (on flat-background images SSIM is not
+  monotone in it: a 2x2 grid of mean colours scores below one flat colour on easy-VQA).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from spae.semantic_loss import semantic_relevance
@@ -23,16 +31,34 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def cell_mean_images(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Each image painted with the mean colour of each cell of a side x side grid."""
+    return F.interpolate(F.adaptive_avg_pool2d(images, side), size=images.shape[-2:], mode="nearest")
+
+
+def paired_step(after: torch.Tensor, before: torch.Tensor) -> dict:
+    """Mean per-image difference after - before, its 95% normal interval half-width, share of images up."""
+    d = (after - before).double()
+    half = 1.96 * float(d.std()) / d.numel() ** 0.5 if d.numel() > 1 else float("nan")
+    return {"mean": float(d.mean()), "ci95": half, "better": float((d > 0).double().mean())}
+
+
 class ReconstructionMetrics:
     """Per number of layers l: psnr_l, ssim_l, codes, perplexity, relevance; with `perceptual` (a module
     (recon, target) -> batch-mean distance) also perceptual_l; with `set_distance` (a SetDistance over the
     names "l1".."lL") also fid_l, the FID-style distance of the l-layer reconstructions to the originals."""
 
     def __init__(self, num_layers: int, codebook_size: int, perceptual: torch.nn.Module | None = None,
-                 set_distance: "SetDistance | None" = None, perceptual_min_size: int = 64):
+                 set_distance: "SetDistance | None" = None, perceptual_min_size: int = 64,
+                 layer_sides: Sequence[int] | None = None):
         self.num_layers, self.codebook_size = num_layers, codebook_size
+        if layer_sides is not None and len(layer_sides) != num_layers:
+            raise ValueError(f"layer_sides needs one side per layer ({num_layers}), got {list(layer_sides)}")
+        self.layer_sides = list(layer_sides) if layer_sides is not None else None
         self.psnr = [PeakSignalNoiseRatio(data_range=1.0) for _ in range(num_layers)]
-        self.ssim = [StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(num_layers)]
+        # per-image values (reduction none): the mean is the reported SSIM, the pairs give the steps
+        self.ssim = [StructuralSimilarityIndexMeasure(data_range=1.0, reduction="none") for _ in range(num_layers)]
+        self.cell_mean_ssim = [StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(num_layers)]
         self.counts = [torch.zeros(codebook_size, dtype=torch.long) for _ in range(num_layers)]
         self.relevance_sum = [0.0] * num_layers
         self.images = 0
@@ -54,6 +80,8 @@ class ReconstructionMetrics:
             r = recons[li].float().cpu().clamp(0, 1)
             self.psnr[li].update(r, images)
             self.ssim[li].update(r, images)
+            if self.layer_sides is not None:
+                self.cell_mean_ssim[li].update(cell_mean_images(images, self.layer_sides[li]), images)
             self.counts[li] += torch.bincount(codes[li].reshape(-1).cpu(), minlength=self.codebook_size)
             if self.perceptual is not None:
                 with torch.no_grad():  # LPIPS-style nets see tiny images upsampled (deep layers need extent)
@@ -76,10 +104,18 @@ class ReconstructionMetrics:
         out: dict = {"images": self.images}
         total = torch.zeros(self.codebook_size, dtype=torch.long)
         fid = self.set_distance.compute() if self.set_distance is not None and self.images >= 2 else {}
+        per_image_ssim = [metric.compute().reshape(-1) for metric in self.ssim]
         for li in range(self.num_layers):
             n = li + 1
             out[f"psnr_l{n}"] = round(float(self.psnr[li].compute()), 4)
-            out[f"ssim_l{n}"] = round(float(self.ssim[li].compute()), 4)
+            out[f"ssim_l{n}"] = round(float(per_image_ssim[li].mean()), 4)
+            if li > 0:
+                step = paired_step(per_image_ssim[li], per_image_ssim[li - 1])
+                out[f"ssim_step_l{n}"] = round(step["mean"], 5)
+                out[f"ssim_step_ci95_l{n}"] = round(step["ci95"], 5)
+                out[f"ssim_step_better_l{n}"] = round(step["better"], 4)
+            if self.layer_sides is not None:
+                out[f"ssim_cell_mean_l{n}"] = round(float(self.cell_mean_ssim[li].compute()), 4)
             used = int((self.counts[li] > 0).sum())
             out[f"codes_used_l{n}"] = used
             out[f"perplexity_l{n}"] = round(perplexity(self.counts[li]), 3)

@@ -56,32 +56,26 @@ def test_ssim_term_is_logged_and_trains_the_decoder():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in with_ssim.decoder.parameters())
 
 
-def order_pairs(module: SPAETokenizer, batch: int, step: int):
-    gen = torch.Generator().manual_seed(step)
-    return module._with_order_pairs(module._prefix_plan(batch, gen), batch)
-
-
-def decoded(plan_with_extras, batch: int) -> list[tuple[int, int]]:
-    """(prefix length, image) of every row of the decoder batch: the full pyramid first, then the plan."""
-    rows = [(3, i) for i in range(batch)]  # the tiny config has 3 layers
-    return rows + [(p, i) for p, idx in plan_with_extras for i in idx.tolist()]
+def order_rows(module: SPAETokenizer, batch: int, step: int):
+    base = module._prefix_plan(batch, torch.Generator().manual_seed(step))
+    extras, pairs = module._order_extras(base, batch)
+    rows = [(3, i) for i in range(batch)]  # (prefix length, image) per decoder row: the tiny config has 3 layers
+    rows += [(p, i) for p, idx in base + extras for i in idx.tolist()]
+    assert all(p < 3 for p, _ in extras)  # the full pyramid is decoded for every image anyway
+    return base, rows, pairs
 
 
 @pytest.mark.parametrize("mode", ["stratified", "all", "random"])
 def test_prefix_order_pairs_compare_the_same_image_with_one_layer_more(mode):
     module = tokenizer(mode, prefix_order_weight=1.0)
     for step in range(4):
-        base = module._prefix_plan(6, torch.Generator().manual_seed(step))
-        extended, (longer, shorter) = order_pairs(module, 6, step)
-        rows = decoded(extended, 6)
-        assert len(longer) == len(shorter) == sum(idx.numel() for _, idx in base)  # one pair per planned row
+        base, rows, (longer, shorter) = order_rows(module, 6, step)
+        planned = [(p, i) for p, idx in base for i in idx.tolist()]
+        assert [rows[s] for s in shorter.tolist()] == planned  # one comparison per planned row
         for lo, sh in zip(longer.tolist(), shorter.tolist()):
             assert rows[lo][1] == rows[sh][1] and rows[lo][0] == rows[sh][0] + 1
-        if mode == "all":  # every prefix is already decoded on every image: nothing to add
-            assert [(p, idx.tolist()) for p, idx in extended] == [(p, idx.tolist()) for p, idx in base]
     if mode == "stratified":  # every consecutive pair (1, 2) and (2, 3) is compared each step
-        _, (longer, shorter) = order_pairs(module, 6, 0)
-        rows = decoded(order_pairs(module, 6, 0)[0], 6)
+        _, rows, (_, shorter) = order_rows(module, 6, 0)
         assert {rows[s][0] for s in shorter.tolist()} == {1, 2}
 
 
@@ -99,12 +93,25 @@ def test_prefix_order_loss_charges_only_images_that_got_worse_and_only_the_longe
         prefix_order_loss(longer[:2], shorter)
 
 
-def test_prefix_order_term_enters_the_loss_and_trains_the_decoder():
+def test_prefix_order_term_trains_the_tokenizer():
     images = torch.rand(4, 3, 16, 16)
     module = tokenizer("stratified", ssim_weight=0.5, prefix_order_weight=2.0)
     losses = module.generator_losses(images, 0, torch.Generator().manual_seed(0))
-    assert "prefix_order" in losses and float(losses["prefix_order"]) >= 0
+    assert float(losses["prefix_order"]) > 0  # random nets: some images get worse with a layer more
     losses["total"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.decoder.parameters())
-    off = tokenizer("stratified", ssim_weight=0.5)
-    assert "prefix_order" not in off.generator_losses(images, 0, torch.Generator().manual_seed(0))
+    for net in (module.encoder, module.decoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_prefix_order_term_leaves_the_appearance_losses_as_they_were():
+    images = torch.rand(5, 3, 16, 16)
+    ordered = tokenizer("stratified", ssim_weight=0.5, prefix_order_weight=3.0)
+    plain = tokenizer("stratified", ssim_weight=0.5)
+    plain.load_state_dict(ordered.state_dict())
+    with_order = ordered.generator_losses(images, 0, torch.Generator().manual_seed(1))
+    without = plain.generator_losses(images, 0, torch.Generator().manual_seed(1))
+    for key in ("rec", "rec_prefix", "ssim_loss", "perceptual"):
+        if key in without:
+            assert float(with_order[key]) == pytest.approx(float(without[key]), rel=1e-5)
+    assert float(with_order["nll"]) == pytest.approx(
+        float(without["nll"]) + 3.0 * float(with_order["prefix_order"]), rel=1e-5)

@@ -113,3 +113,38 @@ def test_recon_eval_dataset_on_photos_with_distances():
     assert "FID-style (EfficientNet-lite0 features, not Inception)" in text and "| perceptual | FID-style |" in text
     none = distance_metrics({"perceptual": "none", "fid": "none"}, True, 3)
     assert none == (None, None, {})
+
+
+def test_ssim_steps_are_paired_per_image_with_an_interval(images):
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    codes = [torch.zeros(len(images), 1, dtype=torch.long)] * 3
+    recons = [noisy(images, 0.3), noisy(images, 0.1), noisy(images, 0.1)]
+    metrics = ReconstructionMetrics(3, 8)
+    for half in (slice(0, 10), slice(10, 24)):  # batches accumulate per image
+        metrics.update(images[half], [r[half] for r in recons], [c[half] for c in codes])
+    m = metrics.compute()
+    per_image = [ssim(r, images, data_range=1.0, reduction="none") for r in recons]
+    assert m["ssim_l2"] == pytest.approx(float(per_image[1].mean()), abs=1e-4)  # the reported SSIM is unchanged
+    d = per_image[1] - per_image[0]
+    assert m["ssim_step_l2"] == pytest.approx(float(d.mean()), abs=1e-5) and m["ssim_step_l2"] > 0
+    assert m["ssim_step_better_l2"] == 1.0 and 0 < m["ssim_step_ci95_l2"] < m["ssim_step_l2"]
+    # the same reconstruction again: no step, no image better
+    assert m["ssim_step_l3"] == 0 and m["ssim_step_ci95_l3"] == 0 and m["ssim_step_better_l3"] == 0
+    assert "ssim_step_l1" not in m and "ssim_cell_mean_l1" not in m
+
+
+def test_cell_mean_reference_ssim():
+    from spae.metrics import cell_mean_images
+
+    flat = torch.rand(4, 3, 1, 1).expand(4, 3, 16, 16)
+    tiles = cell_mean_images(torch.rand(4, 3, 16, 16), 2)
+    assert torch.allclose(cell_mean_images(flat, 4), flat)  # a flat image is its own cell mean at any grid
+    assert torch.equal(tiles[:, :, :8, :8], tiles[:, :, :1, :1].expand(4, 3, 8, 8))  # constant over each cell
+    images = torch.rand(6, 3, 16, 16)
+    metrics = ReconstructionMetrics(2, 8, layer_sides=[1, 16])
+    metrics.update(images, [images, images], [torch.zeros(6, 1, dtype=torch.long)] * 2)
+    m = metrics.compute()
+    assert m["ssim_cell_mean_l2"] == pytest.approx(1.0) and m["ssim_cell_mean_l1"] < 0.5
+    with pytest.raises(ValueError, match="one side per layer"):
+        ReconstructionMetrics(2, 8, layer_sides=[1])

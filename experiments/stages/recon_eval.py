@@ -57,7 +57,8 @@ def evaluate_dataset(tokenizer, ds, relevance_fn, batch_size: int, max_images: i
     if n == 0:
         raise ValueError("the evaluation dataset is empty")
     L = tokenizer.pyramid.num_layers
-    metrics = ReconstructionMetrics(L, tokenizer.quantizer.codebook_size, perceptual, set_distance)
+    metrics = ReconstructionMetrics(L, tokenizer.quantizer.codebook_size, perceptual, set_distance,
+                                    layer_sides=tokenizer.pyramid.layer_sides)
     first = None
     for start in range(0, n, batch_size):
         rows = ds[start:min(n, start + batch_size)]
@@ -106,6 +107,12 @@ def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _step(m: dict, layer: int) -> str:
+    if f"ssim_step_l{layer}" not in m:
+        return "n/a"
+    return f"{m[f'ssim_step_l{layer}']:+.4f} +- {m[f'ssim_step_ci95_l{layer}']:.4f}"
+
+
 def markdown(method: str, describe: dict, results: dict, examples: dict, perceptual: str,
              distance_labels: dict | None = None) -> str:
     labels = distance_labels or {}
@@ -120,14 +127,18 @@ def markdown(method: str, describe: dict, results: dict, examples: dict, percept
         L = len(describe["layer_sides"])
         lines += [f"**{name}** ({m['images']} held-out images; codes used {m['codes_used']} "
                   f"= {m['code_usage']:.4f} of the codebook, perplexity {m['perplexity']})", "",
-                  "| layers | tokens | PSNR | SSIM | perceptual | FID-style | codes used | perplexity | relevance |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| layers | tokens | PSNR | SSIM | SSIM step (+- 95%) | images better | cell-mean SSIM | "
+                  "perceptual | FID-style | codes used | perplexity | relevance |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for l in range(1, L + 1):
             lines.append(f"| {l} | {describe['cumulative_tokens'][l - 1]} | {m[f'psnr_l{l}']:.2f} | "
-                         f"{m[f'ssim_l{l}']:.4f} | {_fmt(m.get(f'perceptual_l{l}'), '.4f')} | "
+                         f"{m[f'ssim_l{l}']:.4f} | {_step(m, l)} | {_fmt(m.get(f'ssim_step_better_l{l}'), '.0%')} | "
+                         f"{_fmt(m.get(f'ssim_cell_mean_l{l}'), '.4f')} | {_fmt(m.get(f'perceptual_l{l}'), '.4f')} | "
                          f"{_fmt(m.get(f'fid_l{l}'), '.2f')} | {m[f'codes_used_l{l}']} | "
                          f"{m[f'perplexity_l{l}']:.1f} | {_fmt(m.get(f'relevance_l{l}'), '.3f')} |")
-        lines.append("")
+        lines += ["", "SSIM step: per-image SSIM with l layers minus with l - 1, on the same images (mean and 95% "
+                  "interval); cell-mean SSIM: each image painted with the mean colour of each cell of layer l's "
+                  "grid, a model-free reference for what that resolution alone gives.", ""]
         if examples.get(name):
             keys = [k for k in examples[name][0] if k.startswith("layer")]
             lines += ["| label | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -138,7 +149,7 @@ def markdown(method: str, describe: dict, results: dict, examples: dict, percept
 
 
 @stage("recon_eval", deps=("train", "data", "clip", "codebook"), config_keys=("bench.recon", "seed", "offline"),
-       version=2)
+       version=3)  # 3: SSIM steps with intervals, cell-mean SSIM reference
 def recon_eval_stage(ctx: StageContext) -> dict:
     import torch
 
