@@ -10,20 +10,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+RECONSTRUCTION_LOSSES = {"l2": F.mse_loss, "l1": F.l1_loss}
+
+
+def _reconstruction_fn(kind: str):
+    if kind not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"unknown reconstruction loss {kind!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
+    return RECONSTRUCTION_LOSSES[kind]
+
+
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    if kind == "l2":
-        return F.mse_loss(recon, target)
-    if kind == "l1":
-        return F.l1_loss(recon, target)
-    raise ValueError(f"unknown reconstruction loss {kind!r}; valid: l2, l1")
+    return _reconstruction_fn(kind)(recon, target)
 
 
 def per_image_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
     """reconstruction_loss of each image: [N]."""
-    if kind not in ("l2", "l1"):
-        raise ValueError(f"unknown reconstruction loss {kind!r}; valid: l2, l1")
-    diff = recon - target
-    return (diff.square() if kind == "l2" else diff.abs()).flatten(1).mean(1)
+    return _reconstruction_fn(kind)(recon, target, reduction="none").flatten(1).mean(1)
 
 
 def ssim_loss(recon: torch.Tensor, target: torch.Tensor, reduction: str = "elementwise_mean") -> torch.Tensor:

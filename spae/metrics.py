@@ -58,7 +58,9 @@ class ReconstructionMetrics:
         self.psnr = [PeakSignalNoiseRatio(data_range=1.0) for _ in range(num_layers)]
         # per-image values (reduction none): the mean is the reported SSIM, the pairs give the steps
         self.ssim = [StructuralSimilarityIndexMeasure(data_range=1.0, reduction="none") for _ in range(num_layers)]
-        self.cell_mean_ssim = [StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(num_layers)]
+        # one reference per distinct grid side (layers that share a side, e.g. 8 and 8, share its value)
+        self.cell_mean_ssim = {side: StructuralSimilarityIndexMeasure(data_range=1.0)
+                               for side in sorted(set(self.layer_sides or []))}
         self.counts = [torch.zeros(codebook_size, dtype=torch.long) for _ in range(num_layers)]
         self.relevance_sum = [0.0] * num_layers
         self.images = 0
@@ -80,8 +82,6 @@ class ReconstructionMetrics:
             r = recons[li].float().cpu().clamp(0, 1)
             self.psnr[li].update(r, images)
             self.ssim[li].update(r, images)
-            if self.layer_sides is not None:
-                self.cell_mean_ssim[li].update(cell_mean_images(images, self.layer_sides[li]), images)
             self.counts[li] += torch.bincount(codes[li].reshape(-1).cpu(), minlength=self.codebook_size)
             if self.perceptual is not None:
                 with torch.no_grad():  # LPIPS-style nets see tiny images upsampled (deep layers need extent)
@@ -90,6 +90,8 @@ class ReconstructionMetrics:
                 self.perceptual_sum[li] += float(d) * images.shape[0]
             if self.set_distance is not None:
                 self.set_distance.update(f"l{li + 1}", r)
+        for side, metric in self.cell_mean_ssim.items():
+            metric.update(cell_mean_images(images, side), images)
         if self.set_distance is not None:
             self.set_distance.update_real(images)
         if relevance is not None:
@@ -115,7 +117,7 @@ class ReconstructionMetrics:
                 out[f"ssim_step_ci95_l{n}"] = round(step["ci95"], 5)
                 out[f"ssim_step_better_l{n}"] = round(step["better"], 4)
             if self.layer_sides is not None:
-                out[f"ssim_cell_mean_l{n}"] = round(float(self.cell_mean_ssim[li].compute()), 4)
+                out[f"ssim_cell_mean_l{n}"] = round(float(self.cell_mean_ssim[self.layer_sides[li]].compute()), 4)
             used = int((self.counts[li] > 0).sum())
             out[f"codes_used_l{n}"] = used
             out[f"perplexity_l{n}"] = round(perplexity(self.counts[li]), 3)
