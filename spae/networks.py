@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spae.config import ModelConfig
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -29,16 +31,17 @@ class ArchSpec:
         return len(self.channels) - 1
 
     @classmethod
-    def from_config(cls, model: dict, latent_dim: int) -> "ArchSpec":
+    def from_config(cls, model: "dict | ModelConfig", latent_dim: int) -> "ArchSpec":
+        model = ModelConfig.from_dict(model)  # missing keys: spae.config's defaults
         spec = cls(
-            image_size=int(model["image_size"]),
-            latent_size=int(model["latent_size"]),
-            channels=tuple(int(c) for c in model["channels"]),
+            image_size=int(model.image_size),
+            latent_size=int(model.latent_size),
+            channels=tuple(int(c) for c in model.channels),
             latent_dim=int(latent_dim),
-            in_channels=int(model.get("in_channels", 3)),
-            res_blocks=int(model.get("res_blocks", 1)),
-            attention=bool(model.get("attention", False)),
-            groups=int(model.get("groups", 8)),
+            in_channels=int(model.in_channels),
+            res_blocks=int(model.res_blocks),
+            attention=bool(model.attention),
+            groups=int(model.groups),
         )
         spec.check()
         return spec

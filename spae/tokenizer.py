@@ -5,9 +5,10 @@
     images = tok.decode(pyramid, layers=2)                    # any prefix of layers -> pixels
     images = tok.decode([["dress"], ["gown", "robe", ...]])   # or words (unknown words fail clearly)
 
-`config` is a plain, JSON-able dict (saved as the module's hyper-parameters; checkpoints load with
-weights_only=True): {"model": {...}, "method": {...}, "seed": int, "offline": bool}, see
-`tokenizer_config`. The frozen codebook is a non-persistent buffer: it is never saved, and is rebuilt
+`config` is a plain, JSON-able dict: {"model": {...}, "method": {...}, "seed": int, "offline": bool}, see
+`tokenizer_config`. It is converted once to spae.config.TokenizerConfig (missing keys take the defaults of
+conf/model/embedded.yaml and conf/method/spae.yaml, unknown keys fail); the complete dict is saved as the
+module's hyper-parameters (checkpoints load with weights_only=True). The frozen codebook is a non-persistent buffer: it is never saved, and is rebuilt
 from the codebook stage when a tokenizer is loaded.
 
 Training uses manual optimisation with two optimisers (generator = encoder + decoder, discriminator).
@@ -31,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from spae.config import LossConfig, MethodConfig, ModelConfig, OptimConfig, SemanticConfig, TokenizerConfig
 from spae.discriminator import PatchDiscriminator
 from spae.losses import (LeCam, adaptive_gan_weight, discriminator_loss, generator_loss, per_image_reconstruction_loss,
                          prefix_order_loss, reconstruction_loss, ssim_loss)
@@ -67,13 +69,14 @@ class TokenPyramid:
         return [layer[index] for layer in self.words[: layers or self.num_layers]]
 
 
-def pyramid_for(model: dict, method: dict) -> Pyramid:
+def pyramid_for(model: "dict | ModelConfig", method: "dict | MethodConfig") -> Pyramid:
     """SPAE uses the model's layer sides; LQAE (method.single_layer) one full-grid layer. The values are
     validated as given (no int(): 2.5 must fail, not become 2); errors name the model config keys."""
+    model, method = ModelConfig.from_dict(model), MethodConfig.from_dict(method)
     keys = {"sides_key": "model.layers", "latent_key": "model.latent_size"}
-    if method.get("single_layer", False):
-        return Pyramid([model["latent_size"]], model["latent_size"], **keys)
-    return Pyramid(model["layers"], model["latent_size"], **keys)
+    if method.single_layer:
+        return Pyramid([model.latent_size], model.latent_size, **keys)
+    return Pyramid(model.layers, model.latent_size, **keys)
 
 
 class SPAETokenizer(pl.LightningModule):
@@ -83,11 +86,13 @@ class SPAETokenizer(pl.LightningModule):
                  relevance_fn: RelevanceFn | None = None, with_perceptual: bool = True):
         super().__init__()
         self.automatic_optimization = False
-        self.save_hyperparameters({"config": config})
-        self.config = config
-        model, method = config["model"], config["method"]
-        self.loss_cfg: dict = method.get("loss", {})
-        self.optim_cfg: dict = method.get("optim", {})
+        # converted once: missing keys take spae.config's defaults (= the YAML's), unknown keys fail
+        self.settings = TokenizerConfig.from_dict(config)
+        self.config = self.settings.to_dict()  # every value, as saved with the weights
+        self.save_hyperparameters({"config": self.config})
+        model, method = self.settings.model, self.settings.method
+        self.loss_cfg: LossConfig = method.loss
+        self.optim_cfg: OptimConfig = method.optim
         if codebook_embeddings.dim() != 2:
             raise ValueError(f"codebook embeddings must be [K, D], got {list(codebook_embeddings.shape)}")
         if words is not None and len(words) != codebook_embeddings.shape[0]:
@@ -98,32 +103,32 @@ class SPAETokenizer(pl.LightningModule):
         self.spec = ArchSpec.from_config(model, latent_dim=codebook_embeddings.shape[1])
         self.pyramid = pyramid_for(model, method)
         self.encoder = Encoder(self.spec)
-        shift, scale = latent_stats(codebook_embeddings, method.get("latent_norm", "codebook"))
+        shift, scale = latent_stats(codebook_embeddings, method.latent_norm)
         self.register_buffer("latent_shift", shift, persistent=False)  # derived from the codebook
         self.register_buffer("latent_scale", scale, persistent=False)
         # no learnable gain: shrinking it would pull every latent towards the codebook's centre, which
         # is nearest to the same few "hub" words (see latent_stats)
         self.latent_norm = (nn.LayerNorm(codebook_embeddings.shape[1], elementwise_affine=False)
-                            if method.get("latent_norm", "codebook") == "codebook" else None)
+                            if method.latent_norm == "codebook" else None)
         self.decoder = Decoder(self.spec)
-        self.quantizer = build_quantizer(method["quantizer"], codebook_embeddings, self.pyramid,
-                                         beta=float(method.get("beta", 0.25)),
-                                         pooling=method.get("pooling", "mean"), search=method.get("search"))
-        sem = method.get("semantic") or {}
+        self.quantizer = build_quantizer(method.quantizer, codebook_embeddings, self.pyramid,
+                                         beta=float(method.beta),
+                                         pooling=method.pooling, search=method.search.to_dict())
+        sem = method.semantic
         self.semantic_loss = None
-        if method.get("semantic_loss", False):
-            thresholds = list(sem["thresholds"])[: self.pyramid.num_layers]
+        if method.semantic_loss:
+            thresholds = list(sem.thresholds)[: self.pyramid.num_layers]
             self.semantic_loss = SemanticLoss(codebook_embeddings, thresholds,
                                               semantic_temperature(sem, codebook_embeddings),
-                                              sem["layers"], sem.get("num_negatives"),
-                                              sem.get("target", "sample"))
-        gan = self.loss_cfg.get("gan") or {}
-        self.discriminator = PatchDiscriminator(self.spec.in_channels, int(gan.get("channels", 64)),
-                                                int(gan.get("layers", 3)))
-        self.lecam = LeCam(float(gan.get("lecam_decay", 0.99)))
+                                              sem.layers, sem.num_negatives,
+                                              sem.target)
+        gan = self.loss_cfg.gan
+        self.discriminator = PatchDiscriminator(self.spec.in_channels, int(gan.channels),
+                                                int(gan.layers))
+        self.lecam = LeCam(float(gan.lecam_decay))
         # Frozen, rebuilt from its package: excluded from checkpoints by `_frozen_prefixes`.
-        self.perceptual = (build_perceptual(self.loss_cfg.get("perceptual"), bool(config.get("offline", True)),
-                                            min_size=int(self.loss_cfg.get("perceptual_min_size", 64)))
+        self.perceptual = (build_perceptual(self.loss_cfg.perceptual, bool(self.settings.offline),
+                                            min_size=int(self.loss_cfg.perceptual_min_size))
                            if with_perceptual else None)
         self._relevance_fn = relevance_fn
         self.step_seconds: dict[str, float] = defaultdict(float)  # wall time per part of the training step
@@ -146,7 +151,7 @@ class SPAETokenizer(pl.LightningModule):
             "params_encoder": count_parameters(self.encoder),
             "params_decoder": count_parameters(self.decoder),
             "params_discriminator": count_parameters(self.discriminator),
-            "perceptual": describe_perceptual(self.loss_cfg.get("perceptual")),
+            "perceptual": describe_perceptual(self.loss_cfg.perceptual),
         }
 
     def set_relevance_fn(self, fn: RelevanceFn | None) -> None:
@@ -261,16 +266,16 @@ class SPAETokenizer(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
         opt = self.optim_cfg
-        betas = tuple(opt.get("betas", (0.5, 0.9)))
+        betas = tuple(opt.betas)
         gen_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         if self.latent_norm is not None:
             gen_params += list(self.latent_norm.parameters())
-        opt_g = torch.optim.Adam(gen_params, lr=float(opt.get("lr", 1e-4)), betas=betas,
-                                 weight_decay=float(opt.get("weight_decay", 0.0)))
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=float(opt.get("disc_lr", opt.get("lr", 1e-4))),
+        opt_g = torch.optim.Adam(gen_params, lr=float(opt.lr), betas=betas,
+                                 weight_decay=float(opt.weight_decay))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=float(opt.disc_lr),
                                  betas=betas)
-        lam = partial(lr_factor, warmup=int(opt.get("warmup_steps", 0)), total=opt.get("total_steps"),
-                      schedule=opt.get("schedule", "constant"), min_factor=float(opt.get("min_lr_factor", 0.1)))
+        lam = partial(lr_factor, warmup=int(opt.warmup_steps), total=opt.total_steps,
+                      schedule=opt.schedule, min_factor=float(opt.min_lr_factor))
         return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt_g, lam),
                                 torch.optim.lr_scheduler.LambdaLR(opt_d, lam)]
 
@@ -283,7 +288,7 @@ class SPAETokenizer(pl.LightningModule):
     def _step_generator(self) -> torch.Generator:
         # Randomness per step is a function of (seed, iteration): a resumed run draws the same samples.
         gen = torch.Generator()
-        gen.manual_seed(int(self.config.get("seed", 0)) * 1_000_003 + self.iteration)
+        gen.manual_seed(int(self.settings.seed) * 1_000_003 + self.iteration)
         return gen
 
     def training_step(self, batch, batch_idx):
@@ -297,7 +302,7 @@ class SPAETokenizer(pl.LightningModule):
         opt_g.zero_grad(set_to_none=True)
         with self._timed("backward"):
             self.manual_backward(losses["total"])
-        clip = self.optim_cfg.get("grad_clip")
+        clip = self.optim_cfg.grad_clip
         if clip:
             self.clip_gradients(opt_g, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
         opt_g.step()
@@ -315,8 +320,8 @@ class SPAETokenizer(pl.LightningModule):
         return None
 
     def _gan_active(self, it: int) -> bool:
-        gan = self.loss_cfg.get("gan") or {}
-        return float(gan.get("weight", 0.0)) > 0 and it >= int(gan.get("start_step", 0))
+        gan = self.loss_cfg.gan
+        return float(gan.weight) > 0 and it >= int(gan.start_step)
 
     def _prefix_plan(self, batch: int, gen: torch.Generator) -> list[tuple[int, torch.Tensor]]:
         """(prefix length, images of the batch) pairs that also get the reconstruction losses this step,
@@ -325,7 +330,7 @@ class SPAETokenizer(pl.LightningModule):
         each step, each on its own share of a random permutation of the batch (the cost of random, every
         prefix in every gradient); none."""
         L = self.pyramid.num_layers
-        mode = self.loss_cfg.get("prefix_recon", "random")
+        mode = self.loss_cfg.prefix_recon
         every_image = torch.arange(batch)
         if L == 1 or mode == "none":
             return []
@@ -368,7 +373,7 @@ class SPAETokenizer(pl.LightningModule):
             q = self.quantizer(z)
         plan = self._prefix_plan(B, gen)
         main_rows = B + sum(idx.numel() for _, idx in plan)  # rows that get the appearance losses
-        order_weight = float(cfg.get("prefix_order_weight", 0.0))
+        order_weight = float(cfg.prefix_order_weight)
         extras, order_pairs = self._order_extras(plan, B) if order_weight > 0 and plan else ([], None)
         with self._timed("decoder"):
             # the order term trains encoder and decoder alike: with detached latents (the decoder alone) the
@@ -381,15 +386,15 @@ class SPAETokenizer(pl.LightningModule):
         # appearance losses keep the rows and weights they have without it
         recons, targets = all_recons[:main_rows], all_targets[:main_rows]
         target_index = index_all[:main_rows]
-        kind = cfg.get("recon", "l2")
+        kind = cfg.recon
         rec_full = reconstruction_loss(recons[:B], images, kind)
         nll = rec_full
         out = {"recon_full": recons[:B], "rec": rec_full.detach(), "commit": q.commit_loss.detach()}
         if main_rows > B:
             rec_prefix = reconstruction_loss(recons[B:], targets[B:], kind)
-            nll = nll + float(cfg.get("prefix_weight", 1.0)) * rec_prefix
+            nll = nll + float(cfg.prefix_weight) * rec_prefix
             out["rec_prefix"] = rec_prefix.detach()
-        ssim_weight = float(cfg.get("ssim_weight", 0.0))
+        ssim_weight = float(cfg.ssim_weight)
         dissim_per_image = None
         if ssim_weight > 0:
             with self._timed("ssim"):
@@ -408,10 +413,10 @@ class SPAETokenizer(pl.LightningModule):
             order = prefix_order_loss(appearance[longer], appearance[shorter])
             nll = nll + order_weight * order
             out["prefix_order"] = order.detach()
-        if self.perceptual is not None and float(cfg.get("perceptual_weight", 0.0)) > 0:
+        if self.perceptual is not None and float(cfg.perceptual_weight) > 0:
             with self._timed("perceptual"):
                 perc = self.perceptual(recons, images, target_index)  # target features computed once
-            nll = nll + float(cfg["perceptual_weight"]) * perc
+            nll = nll + float(cfg.perceptual_weight) * perc
             out["perceptual"] = perc.detach()
         total = nll + q.commit_loss
         if self.semantic_loss is not None:
@@ -428,9 +433,9 @@ class SPAETokenizer(pl.LightningModule):
             out.update({f"semantic_l{l}": v for l, v in sem.per_layer.items()})
         if self._gan_active(it):
             with self._timed("gan_generator"):
-                g = generator_loss(self.discriminator(recons[:B]), (cfg.get("gan") or {}).get("kind", "hinge"))
-                weight = float(cfg["gan"]["weight"])
-                if cfg["gan"].get("adaptive", True):
+                g = generator_loss(self.discriminator(recons[:B]), cfg.gan.kind)
+                weight = float(cfg.gan.weight)
+                if cfg.gan.adaptive:
                     weight = weight * adaptive_gan_weight(nll, g, self.decoder.last_layer_weight)
             total = total + weight * g
             out.update({"gan_g": g.detach(), "gan_weight": weight})
@@ -440,12 +445,12 @@ class SPAETokenizer(pl.LightningModule):
         return out
 
     def discriminator_losses(self, images: torch.Tensor, fakes: torch.Tensor) -> dict:
-        gan = self.loss_cfg["gan"]
+        gan = self.loss_cfg.gan
         real_logits = self.discriminator(images)
         fake_logits = self.discriminator(fakes)
-        d = discriminator_loss(real_logits, fake_logits, gan.get("kind", "hinge"))
+        d = discriminator_loss(real_logits, fake_logits, gan.kind)
         total = d
-        lecam_w = float(gan.get("lecam_weight", 0.0))
+        lecam_w = float(gan.lecam_weight)
         if lecam_w > 0:
             reg = self.lecam(real_logits, fake_logits)
             total = total + lecam_w * reg
@@ -453,10 +458,10 @@ class SPAETokenizer(pl.LightningModule):
         return {"total": total, "loss": d.detach()}
 
     def semantic_weight(self, it: int) -> float:
-        sem = self.config["method"].get("semantic") or {}
-        return schedule_weight(it, weight=float(sem.get("weight", 1.0)), schedule=sem.get("schedule", "constant"),
-                               warmup_steps=int(sem.get("warmup_steps", 0)), total_steps=sem.get("total_steps"),
-                               final_weight=float(sem.get("final_weight", 0.0)))
+        sem = self.settings.method.semantic
+        return schedule_weight(it, weight=float(sem.weight), schedule=sem.schedule,
+                               warmup_steps=int(sem.warmup_steps), total_steps=sem.total_steps,
+                               final_weight=float(sem.final_weight))
 
     def _log_train(self, losses: dict) -> None:
         scalars = {}
@@ -486,12 +491,12 @@ def latent_stats(codebook: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch
     raise ValueError(f"method.latent_norm={mode!r}; valid: codebook, none")
 
 
-def semantic_temperature(sem: dict, codebook: torch.Tensor) -> float:
+def semantic_temperature(sem: SemanticConfig, codebook: torch.Tensor) -> float:
     """tau of the semantic logits. With `temperature_relative` (default) the configured value is a
     fraction of the codebook's mean squared row norm, so one value suits codebooks of any scale (Gemma's
     rows, scaled by sqrt(640), have squared norms ~680; SmolLM2's ~9)."""
-    tau = float(sem["temperature"])
-    if sem.get("temperature_relative", True):
+    tau = float(sem.temperature)
+    if sem.temperature_relative:
         tau *= float(codebook.float().pow(2).sum(1).mean())
     return tau
 

@@ -148,4 +148,5 @@ def test_search_knobs_compose_from_config_into_the_tokenizer(tmp_dirs):
     assert tok.quantizer.search == SearchOptions("bf16_rerank", 8)
     default = SPAETokenizer({**config, "method": {**config["method"], "search": None}}, torch.randn(50, 16),
                             with_perceptual=False)
-    assert default.quantizer.search == SearchOptions("fp32", ns.DEFAULT_SHORTLIST)
+    # a null method.search takes the config default (conf/method/spae.yaml's, spae.config.SearchConfig)
+    assert default.quantizer.search == SearchOptions("auto", ns.DEFAULT_SHORTLIST)

@@ -10,10 +10,11 @@ TINY_MODEL = {"name": "tiny", "image_size": 16, "latent_size": 4, "channels": [8
 
 TINY_METHOD = {
     "name": "spae", "kind": "tokenizer", "quantizer": "saq", "single_layer": False, "beta": 0.25,
-    "pooling": "mean", "semantic_loss": True,
+    "pooling": "mean", "semantic_loss": True, "search": {"precision": "fp32"},  # exact search, SSIM off: what
+    # these tiny tests were written for (missing keys take conf/method/spae.yaml's values, spae.config)
     "semantic": {"thresholds": [0.9, 0.8, 0.7], "temperature": 1.0, "layers": [1, 2], "num_negatives": 8,
                  "target": "sample", "weight": 1.0, "schedule": "constant"},
-    "loss": {"recon": "l2", "prefix_recon": "random", "prefix_weight": 1.0, "perceptual": "none",
+    "loss": {"recon": "l2", "prefix_recon": "random", "prefix_weight": 1.0, "ssim_weight": 0.0, "perceptual": "none",
              "perceptual_weight": 0.0,
              "gan": {"kind": "hinge", "weight": 0.1, "start_step": 2, "adaptive": True, "lecam_weight": 0.01,
                      "lecam_decay": 0.9, "channels": 8, "layers": 1}},
