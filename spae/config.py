@@ -179,3 +179,24 @@ class TokenizerConfig(ConfigSection):
     method: MethodConfig = field(default_factory=MethodConfig)
     seed: int = 0
     offline: bool = True
+
+
+@dataclass
+class TrainerConfig(ConfigSection):
+    """Lightning Trainer settings and the training loop's sizes (conf/trainer/*.yaml; defaults: cpu.yaml).
+    spae.training.build_trainer reads the Trainer's part; the train stages read the sizes."""
+
+    where = "trainer"
+    accelerator: str = "cpu"
+    devices: Any = 1  # an int, -1 (all) or a list of device ids, as Lightning takes it
+    num_nodes: int = 1  # not in cpu.yaml
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 300  # training batches
+    max_time_s: Optional[float] = None  # optional wall-time cap: a binding cap pauses the stage
+    batch_size: int = 16  # per device
+    num_workers: int = 0
+    checkpoint_every_n_steps: int = 50
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    progress_refresh: int = 5  # TQDM refresh rate in steps; not in the YAMLs

@@ -6,6 +6,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from spae.config import TrainerConfig
+
 
 def _resume_mid_stream_callback():
     import pytorch_lightning as pl
@@ -33,7 +35,7 @@ def _resume_mid_stream_callback():
     return ResumeMidStream()
 
 
-def build_trainer(trainer_cfg: dict, out_dir: Path, logger: Any, *, max_steps: int,
+def build_trainer(trainer_cfg: "dict | TrainerConfig", out_dir: Path, logger: Any, *, max_steps: int,
                   max_time_s: float | None, checkpoint_every: int):
     """A Trainer that checkpoints into `out_dir/checkpoints` (last.ckpt for resume), stops at `max_steps`
     optimizer steps or `max_time_s` seconds (a safety cap; steps make runs reproducible), and has no
@@ -44,16 +46,17 @@ def build_trainer(trainer_cfg: dict, out_dir: Path, logger: Any, *, max_steps: i
     callbacks = [ModelCheckpoint(dirpath=str(Path(out_dir) / "checkpoints"), save_last=True, save_top_k=1,
                                  every_n_train_steps=int(checkpoint_every), filename="step{step}",
                                  auto_insert_metric_name=False), _resume_mid_stream_callback()]
-    progress = bool(trainer_cfg.get("progress_bar", True))
+    trainer_cfg = TrainerConfig.from_dict(trainer_cfg)  # missing keys: conf/trainer/cpu.yaml's (spae.config)
+    progress = bool(trainer_cfg.progress_bar)
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=int(trainer_cfg.get("progress_refresh", 5))))
+        callbacks.append(TQDMProgressBar(refresh_rate=int(trainer_cfg.progress_refresh)))
     return pl.Trainer(
-        accelerator=trainer_cfg.get("accelerator", "cpu"), devices=trainer_cfg.get("devices", 1),
-        num_nodes=trainer_cfg.get("num_nodes", 1), strategy=trainer_cfg.get("strategy", "auto"),
-        precision=trainer_cfg.get("precision", "32-true"), max_steps=int(max_steps), max_epochs=-1,
+        accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices,
+        num_nodes=trainer_cfg.num_nodes, strategy=trainer_cfg.strategy,
+        precision=trainer_cfg.precision, max_steps=int(max_steps), max_epochs=-1,
         max_time=datetime.timedelta(seconds=float(max_time_s)) if max_time_s else None,
         callbacks=callbacks, logger=logger, enable_progress_bar=progress,
-        log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)), enable_model_summary=False,
+        log_every_n_steps=int(trainer_cfg.log_every_n_steps), enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
     )
 

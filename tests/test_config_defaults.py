@@ -10,12 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose
-from spae.config import LQAE_PRESET, MethodConfig, ModelConfig, TokenizerConfig
+from conftest import CONF_DIR, compose
+from spae.config import LQAE_PRESET, MethodConfig, ModelConfig, TokenizerConfig, TrainerConfig
 from spae.errors import InvalidConfigError
 
 # keys the dataclasses have and the YAML does not: set by the train stage, or a fixed input format
-NOT_IN_YAML = {"method": {"optim": ["total_steps"], "semantic": ["total_steps"]}, "model": ["in_channels"]}
+NOT_IN_YAML = {"method": {"optim": ["total_steps"], "semantic": ["total_steps"]}, "model": ["in_channels"],
+               "trainer": ["num_nodes", "progress_refresh"]}
 # conf/model/paper.yaml is a preset: it overrides these of the embedded defaults, and nothing else
 PAPER_OVERRIDES = {"name", "image_size", "latent_size", "channels", "res_blocks", "attention", "groups", "layers"}
 
@@ -25,7 +26,7 @@ def _composed(overrides: list[str], tmp_dirs: list[str]) -> dict:
 
 
 def _defaults_without_derived(section: str) -> dict:
-    values = (MethodConfig() if section == "method" else ModelConfig()).to_dict()
+    values = {"method": MethodConfig, "model": ModelConfig, "trainer": TrainerConfig}[section]().to_dict()
     skip = NOT_IN_YAML[section]
     if isinstance(skip, dict):
         for sub, keys in skip.items():
@@ -111,3 +112,16 @@ def test_missing_keys_take_defaults_and_given_values_stay_as_given():
     assert config.method.loss.gan.weight == 0.0 and config.method.loss.gan.channels == MethodConfig().loss.gan.channels
     assert config.model.layers == [1, 2.5]  # validated by the pyramid, not silently cast here
     assert TokenizerConfig.from_dict(config.to_dict()) == config
+
+
+def test_trainer_defaults_are_conf_trainer_cpu_yaml_and_every_preset_converts(tmp_dirs):
+    assert _composed(["trainer=cpu"], tmp_dirs)["trainer"] == _defaults_without_derived("trainer")
+    for preset in sorted(p.stem for p in (CONF_DIR / "trainer").glob("*.yaml")):
+        TrainerConfig.from_dict(_composed([f"trainer={preset}"], tmp_dirs)["trainer"])  # no unknown key
+
+
+def test_build_trainer_fails_on_an_unknown_trainer_key(tmp_path):
+    from spae.training import build_trainer
+
+    with pytest.raises(InvalidConfigError, match=r"\['acelerator'\] in `trainer`.*accelerator"):
+        build_trainer({"acelerator": "cpu"}, tmp_path, False, max_steps=1, max_time_s=None, checkpoint_every=1)
