@@ -6,7 +6,7 @@ plus JSON (words, source): loading runs no code.
 """
 from __future__ import annotations
 
-from spae.errors import MissingFileError, UserError
+from spae.errors import InvalidConfigError, MissingFileError, UserError
 
 import difflib
 import json
@@ -117,13 +117,21 @@ def _map_nested(value: Any, fn) -> Any:
     return fn(value)
 
 
+VOCABULARY_KEYS = ("lowercase_only", "min_chars", "min_zipf", "max_size")
+
+
 def vocabulary_options(codebook_cfg: dict) -> dict:
-    """The lexical_vocabulary keyword arguments found in a conf/codebook/*.yaml dict."""
+    """The lexical_vocabulary keyword arguments found in a conf/codebook/*.yaml dict. Every key is required
+    (no library defaults: the YAML is the one source of the values; null min_zipf/max_size disable them)."""
+    missing = [k for k in VOCABULARY_KEYS if k not in codebook_cfg]
+    if missing:
+        raise InvalidConfigError(f"codebook config {codebook_cfg.get('name')!r} lacks {missing}; set every one of "
+                                 f"{', '.join(VOCABULARY_KEYS)} (see conf/codebook/gemma3_words.yaml)")
     return {
-        "lowercase_only": bool(codebook_cfg.get("lowercase_only", True)),
-        "min_chars": int(codebook_cfg.get("min_chars", 3)),
-        "min_zipf": codebook_cfg.get("min_zipf", 3.0),
-        "max_size": codebook_cfg.get("max_size"),
+        "lowercase_only": bool(codebook_cfg["lowercase_only"]),
+        "min_chars": int(codebook_cfg["min_chars"]),
+        "min_zipf": codebook_cfg["min_zipf"],
+        "max_size": codebook_cfg["max_size"],
     }
 
 

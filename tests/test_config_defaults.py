@@ -125,3 +125,12 @@ def test_build_trainer_fails_on_an_unknown_trainer_key(tmp_path):
 
     with pytest.raises(InvalidConfigError, match=r"\['acelerator'\] in `trainer`.*accelerator"):
         build_trainer({"acelerator": "cpu"}, tmp_path, False, max_steps=1, max_time_s=None, checkpoint_every=1)
+
+
+def test_codebook_vocabulary_options_have_no_library_defaults():
+    from spae.codebook import vocabulary_options
+
+    with pytest.raises(InvalidConfigError, match=r"lacks \['min_chars'\]"):
+        vocabulary_options({"name": "words", "lowercase_only": True, "min_zipf": 3.0, "max_size": None})
+    for option in sorted(p.stem for p in (CONF_DIR / "codebook").glob("*.yaml")):  # every preset sets them all
+        vocabulary_options(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "codebook" / f"{option}.yaml")))
