@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -144,6 +146,29 @@ def add_file_logging(run_dir: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
+def hydra_overrides() -> list[str]:
+    """The overrides Hydra composed this job from (in a sweep: this job's own values), [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def record_invocation(run_dir: Path) -> dict:
+    """Write the exact command line and the job's overrides into the run folder (command.json, and a
+    command.sh to rerun it), so a result can always be traced to the command that produced it. Secrets
+    never get here: check_no_secrets refuses configs holding one before this runs."""
+    from spae.io import write_json_atomic
+
+    invocation = {"argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
+                  "overrides": hydra_overrides(), "cwd": os.getcwd()}
+    write_json_atomic(run_dir / "command.json", invocation)
+    rerun = "python -m experiments.run " + " ".join(shlex.quote(o) for o in invocation["overrides"])
+    (run_dir / "command.sh").write_text(f"# rerun this job (from {invocation['cwd']})\n{rerun}\n")
+    return invocation
+
+
 def execute(cfg: DictConfig) -> Path:
     """Run a composed config; returns the path of results.json. Usable without the CLI (tests)."""
     check_bench(cfg)
@@ -162,6 +187,7 @@ def execute(cfg: DictConfig) -> Path:
     identity = run_id(container)
     run_dir = Path(container["paths"]["runs_dir"]) / container["bench"]["name"] / identity
     add_file_logging(run_dir)
+    invocation = record_invocation(run_dir)
     log.info("run %s -> %s", identity, run_dir)
 
     start = time.perf_counter()
@@ -179,11 +205,29 @@ def execute(cfg: DictConfig) -> Path:
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
         payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,
-                                extra={"run_id": identity, "stages_reused": cached,
+                                extra={"run_id": identity, "stages_reused": cached, "invocation": invocation,
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")
         logger.log_results(payload)
     return path
+
+
+# Hydra's sweep functions (`method=choice(spae,lqae)`, `glob(*)`, ...): their arguments are option names
+# only for choice/tag-less lists; glob patterns and ranges are expanded by Hydra itself.
+SWEEP_FUNCTION = re.compile(r"^(?P<fn>[a-z_]+)\((?P<args>.*)\)$")
+NAME_LISTING_FUNCTIONS = ("choice", "shuffle", "sort")
+
+
+def group_choices(value: str) -> list[str]:
+    """The option names a group override asks for: `a`, `a,b`, `[a,b]` or `choice(a,b)`; none for globs and
+    other sweep functions, which Hydra expands (and checks) against the config folder itself."""
+    match = SWEEP_FUNCTION.match(value.strip())
+    if match:
+        if match["fn"] not in NAME_LISTING_FUNCTIONS:
+            return []
+        value = match["args"]
+    names = [part.strip().strip("'\"") for part in value.strip("[]").split(",")]
+    return [name for name in names if name and name != "null" and "=" not in name and "(" not in name]
 
 
 def check_group_choices(argv: list[str]) -> None:
@@ -195,8 +239,8 @@ def check_group_choices(argv: list[str]) -> None:
         if not sep or "." in key or not (CONF_DIR / key).is_dir() or key.startswith("hydra"):
             continue
         valid = available(key)
-        for choice in value.strip("[]").split(","):
-            if choice and choice != "null" and choice not in valid:
+        for choice in group_choices(value):
+            if choice not in valid:
                 raise ConfigError(
                     f"Unknown {key} {choice!r}. Valid {key} names: {', '.join(valid)}. Choose one with "
                     f"{prefix}{key}=<name>, or add conf/{key}/{choice}.yaml to define a new one."
