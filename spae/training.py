@@ -1,12 +1,14 @@
 """One Lightning Trainer recipe for every training stage (tokenizer, Frozen baseline)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import warnings
 from pathlib import Path
 from typing import Any
 
 from spae.config import TrainerConfig
+from spae.errors import InvalidConfigError
 
 
 def _resume_mid_stream_callback():
@@ -35,28 +37,73 @@ def _resume_mid_stream_callback():
     return ResumeMidStream()
 
 
+# TrainerConfig fields this project reads itself; the other fields and any extra key go to Lightning's Trainer.
+PROJECT_TRAINER_KEYS = frozenset({
+    "max_steps",  # training batches; the stage converts them to optimizer steps
+    "max_time_s", "batch_size", "num_workers", "checkpoint_every_n_steps", "progress_bar", "progress_refresh",
+})
+# Trainer arguments the recipe sets itself: the run's length, checkpoints, logger and validation are the
+# stage's business (a user value would silently fight with them), so setting one is an error.
+RECIPE_TRAINER_ARGS = frozenset({
+    "max_steps", "max_epochs", "max_time", "callbacks", "logger", "enable_progress_bar", "default_root_dir",
+    "num_sanity_val_steps", "limit_val_batches", "enable_model_summary",
+})
+
+
+def split_trainer_config(trainer_cfg: "dict | TrainerConfig") -> tuple[TrainerConfig, dict]:
+    """(the typed settings, the extra `pl.Trainer` arguments): every key that is not a TrainerConfig field and is
+    an argument of Lightning's Trainer passes through unchanged (e.g. `+trainer.gradient_clip_val=1`,
+    `+trainer.deterministic=true`); an unknown key fails loudly with the valid names instead of being dropped."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    if isinstance(trainer_cfg, TrainerConfig):
+        return trainer_cfg, {}
+    fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    extra = {k: v for k, v in (trainer_cfg or {}).items() if k not in fields}
+    lightning = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    owned = sorted(set(extra) & RECIPE_TRAINER_ARGS)
+    if owned:
+        raise InvalidConfigError(f"trainer.{owned[0]} is set by the training recipe (spae.training.build_trainer), "
+                                 "not by the config: use trainer.max_steps (training batches) and trainer.max_time_s.")
+    unknown = sorted(set(extra) - lightning)
+    if unknown:
+        valid = sorted((lightning - RECIPE_TRAINER_ARGS) | fields)
+        raise InvalidConfigError(f"unknown trainer key(s) {', '.join('trainer.' + k for k in unknown)}: neither a "
+                                 f"pytorch_lightning.Trainer argument nor one of this project's. Valid keys: "
+                                 f"{', '.join(valid)}.")
+    typed = TrainerConfig.from_dict({k: v for k, v in trainer_cfg.items() if k in fields})
+    return typed, extra
+
+
+def lightning_trainer_kwargs(trainer_cfg: "dict | TrainerConfig") -> dict:
+    """Every argument the config gives Lightning's Trainer (the typed fields that are Trainer arguments, plus
+    the passed-through extras)."""
+    typed, extra = split_trainer_config(trainer_cfg)
+    settings = {k: v for k, v in typed.to_dict().items() if k not in PROJECT_TRAINER_KEYS}
+    return {**settings, **extra}
+
+
 def build_trainer(trainer_cfg: "dict | TrainerConfig", out_dir: Path, logger: Any, *, max_steps: int,
                   max_time_s: float | None, checkpoint_every: int):
     """A Trainer that checkpoints into `out_dir/checkpoints` (last.ckpt for resume), stops at `max_steps`
     optimizer steps or `max_time_s` seconds (a safety cap; steps make runs reproducible), and has no
-    validation loop (evaluation is its own stage)."""
+    validation loop (evaluation is its own stage). Other `trainer.*` keys reach Lightning as they are."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
+    typed, _ = split_trainer_config(trainer_cfg)  # missing keys: conf/trainer/cpu.yaml's (spae.config)
     callbacks = [ModelCheckpoint(dirpath=str(Path(out_dir) / "checkpoints"), save_last=True, save_top_k=1,
                                  every_n_train_steps=int(checkpoint_every), filename="step{step}",
                                  auto_insert_metric_name=False), _resume_mid_stream_callback()]
-    trainer_cfg = TrainerConfig.from_dict(trainer_cfg)  # missing keys: conf/trainer/cpu.yaml's (spae.config)
-    progress = bool(trainer_cfg.progress_bar)
+    progress = bool(typed.progress_bar)
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=int(trainer_cfg.progress_refresh)))
+        callbacks.append(TQDMProgressBar(refresh_rate=int(typed.progress_refresh)))
     return pl.Trainer(
-        accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices,
-        num_nodes=trainer_cfg.num_nodes, strategy=trainer_cfg.strategy,
-        precision=trainer_cfg.precision, max_steps=int(max_steps), max_epochs=-1,
+        **lightning_trainer_kwargs(trainer_cfg), max_steps=int(max_steps), max_epochs=-1,
         max_time=datetime.timedelta(seconds=float(max_time_s)) if max_time_s else None,
-        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
-        log_every_n_steps=int(trainer_cfg.log_every_n_steps), enable_model_summary=False,
+        callbacks=callbacks, logger=logger, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
     )
 
