@@ -62,6 +62,7 @@ def stop_if_paused(steps: int, max_steps: int, cap_s, cap_key: str, out_dir: Pat
 
 
 @stage("train", deps=("data", "codebook", "clip"), distributed=True,
+       version=2,  # 2: semantic loss without the image's own candidates among its negatives
        # trainer.max_time_s is no key: a cap that binds pauses the stage (see stop_if_paused), never shortens it
        config_keys=("model", "method", "trainer.max_steps", "trainer.batch_size",
                     "trainer.precision", "codebook", "clip", "data.pretrain", "data.max_pretrain_images", "seed"))
