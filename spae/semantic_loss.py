@@ -223,9 +223,11 @@ def schedule_weight(
         return float(weight) * step / warmup_steps
     if schedule == "linear_warmup":
         return float(weight)
-    if total_steps is None or total_steps <= warmup_steps:
-        raise InvalidConfigError(f"cosine_decay needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps}.")
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    if total_steps is None:
+        raise InvalidConfigError("cosine_decay needs total_steps (the train stage sets method.semantic.total_steps "
+                                 "to trainer.max_steps); pass it, or use schedule=linear_warmup.")
+    # a run no longer than its warmup ends the decay at once (as the cosine LR schedule does)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return float(final_weight + (weight - final_weight) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
