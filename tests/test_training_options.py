@@ -6,6 +6,7 @@ pretraining sets, then trained for one batch with the stage's Trainer recipe. Th
 code's accepted sets (registries and constants), so a value added there is trained here without editing
 this file; `test_every_enumerated_method_option_is_an_axis` makes a new enumerated config key fail until it
 is listed below. (method.semantic.schedule=cosine_decay used to crash: the stage never passed its total.)
+The Frozen baseline's backbones each train one step through the real frozen_train stage.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from PIL import Image
 from conftest import CONF_DIR, compose
 from experiments.stages.train import tokenizer_config
 from spae.datamodule import PRETRAIN_MIXES, PretrainDataModule
+from spae.frozen_baseline import BACKBONES
 from spae.losses import GAN_LOSSES, RECONSTRUCTION_LOSSES
 from spae.nn_search import PRECISIONS
 from spae.perceptual import PERCEPTUAL
@@ -202,3 +204,27 @@ def test_a_value_outside_the_accepted_set_fails_when_the_module_is_built(base_co
     config = tokenizer_config(with_option(base_configs["spae"], key, "bogus"))
     with pytest.raises(ValueError, match=rf"method\.{key}='bogus'; valid: "):
         SPAETokenizer(config, *random_codebook())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_every_frozen_backbone_trains_one_step_through_the_stage(backbone, tmp_path):
+    """The Frozen baseline's option of the same kind (method.backbone), through the real frozen_train stage."""
+    import json
+
+    from _data_fixtures import tiny_fashion_mnist
+    from _tiny_lm import tiny_tokenizer
+    from test_frozen_baseline import peaky_llama
+    from test_frozen_stage import overrides
+
+    from experiments.run import execute
+
+    fm = tiny_fashion_mnist(tmp_path / "fm", n_train=8, n_test=4)
+    tok = tiny_tokenizer()
+    peaky_llama(len(tok)).save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    cfg = compose([*overrides(tmp_path, fm, tmp_path / "llm"), f"method.backbone={backbone}",
+                   f"method.pretrained_backbone={backbone != 'conv'}", "method.max_steps=1"])
+    execute(cfg)
+    (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
+    summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
+    assert summary["steps"] == 1 and summary["backbone"] == backbone
