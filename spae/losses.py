@@ -11,6 +11,7 @@ from torch import nn
 
 
 RECONSTRUCTION_LOSSES = {"l2": F.mse_loss, "l1": F.l1_loss}
+GAN_LOSSES = ("hinge", "non_saturating")
 
 
 def _reconstruction_fn(kind: str):
@@ -56,7 +57,7 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kin
         return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
     if kind == "non_saturating":
         return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
-    raise ValueError(f"unknown GAN loss {kind!r}; valid: hinge, non_saturating")
+    raise ValueError(f"unknown GAN loss {kind!r}; valid: {', '.join(GAN_LOSSES)}")
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
@@ -64,7 +65,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tens
         return -fake_logits.mean()
     if kind == "non_saturating":
         return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; valid: hinge, non_saturating")
+    raise ValueError(f"unknown GAN loss {kind!r}; valid: {', '.join(GAN_LOSSES)}")
 
 
 class LeCam(nn.Module):

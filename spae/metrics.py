@@ -1,6 +1,8 @@
 """Reconstruction and token metrics accumulated over a whole evaluation pass.
 
-- PSNR / SSIM per number of pyramid layers used (torchmetrics, data range 1).
+- PSNR / SSIM per number of pyramid layers used (torchmetrics, data range 1), each the mean of the per-image
+  values (the usual convention); `psnr_pooled_l` is PSNR of one MSE over every pixel of the set, which
+  weights the worst images less (a log of a mean, not a mean of logs) and only agrees with it on uniform sets.
 - Code usage and perplexity per layer and over all layers: from code histograms over the whole pass
   (a per-batch average would understate usage).
 - Semantic relevance per layer: mean min-max-normalised CLIP score of the chosen words
@@ -44,9 +46,10 @@ def paired_step(after: torch.Tensor, before: torch.Tensor) -> dict:
 
 
 class ReconstructionMetrics:
-    """Per number of layers l: psnr_l, ssim_l, codes, perplexity, relevance; with `perceptual` (a module
-    (recon, target) -> batch-mean distance) also perceptual_l; with `set_distance` (a SetDistance over the
-    names "l1".."lL") also fid_l, the FID-style distance of the l-layer reconstructions to the originals."""
+    """Per number of layers l: psnr_l (mean over images), psnr_pooled_l, ssim_l, codes, perplexity, relevance;
+    with `perceptual` (a module (recon, target) -> batch-mean distance) also perceptual_l; with `set_distance`
+    (a SetDistance over the names "l1".."lL") also fid_l, the FID-style distance of the l-layer
+    reconstructions to the originals."""
 
     def __init__(self, num_layers: int, codebook_size: int, perceptual: torch.nn.Module | None = None,
                  set_distance: "SetDistance | None" = None, perceptual_min_size: int = 64,
@@ -55,7 +58,9 @@ class ReconstructionMetrics:
         if layer_sides is not None and len(layer_sides) != num_layers:
             raise ValueError(f"layer_sides needs one side per layer ({num_layers}), got {list(layer_sides)}")
         self.layer_sides = list(layer_sides) if layer_sides is not None else None
-        self.psnr = [PeakSignalNoiseRatio(data_range=1.0) for _ in range(num_layers)]
+        self.psnr = [PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+                     for _ in range(num_layers)]  # mean of per-image PSNR
+        self.psnr_pooled = [PeakSignalNoiseRatio(data_range=1.0) for _ in range(num_layers)]  # one MSE for all
         # per-image values (reduction none): the mean is the reported SSIM, the pairs give the steps
         self.ssim = [StructuralSimilarityIndexMeasure(data_range=1.0, reduction="none") for _ in range(num_layers)]
         # one reference per distinct grid side (layers that share a side, e.g. 8 and 8, share its value)
@@ -81,6 +86,7 @@ class ReconstructionMetrics:
         for li in range(self.num_layers):
             r = recons[li].float().cpu().clamp(0, 1)
             self.psnr[li].update(r, images)
+            self.psnr_pooled[li].update(r, images)
             self.ssim[li].update(r, images)
             self.counts[li] += torch.bincount(codes[li].reshape(-1).cpu(), minlength=self.codebook_size)
             if self.perceptual is not None:
@@ -110,6 +116,7 @@ class ReconstructionMetrics:
         for li in range(self.num_layers):
             n = li + 1
             out[f"psnr_l{n}"] = round(float(self.psnr[li].compute()), 4)
+            out[f"psnr_pooled_l{n}"] = round(float(self.psnr_pooled[li].compute()), 4)
             out[f"ssim_l{n}"] = round(float(per_image_ssim[li].mean()), 4)
             if li > 0:
                 step = paired_step(per_image_ssim[li], per_image_ssim[li - 1])

@@ -6,19 +6,31 @@ most relevant word of that image, 0 = the least), computed elsewhere and passed 
 For pyramid layer ``l`` (1-based) the *candidate set* of image ``b`` is ``C_bl = {k : relevance[b, k] >=
 rho_l}``, always including the image's most relevant word (so it is never empty, even for ``rho_l = 1``
 or a constant relevance row). Each query ``q`` of that layer (``layer_queries[l-1]``, the vector the
-quantizer searched with) gets logits ``-||q - e_k||^2 / tau`` over the codebook, computed as
+quantizer searched with) gets logits ``l_k = -||q - e_k||^2 / tau`` over the codebook, computed as
 ``(2 q.e_k - ||e_k||^2) / tau`` (the dropped ``||q||^2`` is the same for every k, so softmax and its
-gradient are unchanged), in fp32. Loss = cross-entropy against
+gradient are unchanged), in fp32. For a target word ``t`` of image ``b`` the loss is the cross-entropy of
+``t`` against the image's *negatives*, the columns that are not candidates of ``b``:
+
+    -log( exp(l_t) / (exp(l_t) + sum_{k in S, k not in C_bl} exp(l_k)) )
+
+so a word relevant to the image never acts as a negative for it: its other candidates are neither
+pulled towards nor pushed away by target ``t`` (they get their own pull when they are the target). The
+target is
 
 * ``target="sample"``: one candidate per query, drawn with probability proportional to its relevance;
-* ``target="all"``: the relevance-weighted distribution over all candidates (the expectation of "sample").
+* ``target="all"``: every candidate, weighted by its relevance (the exact expectation of "sample").
 
-Cost: with ``num_negatives=None`` the softmax runs over the whole codebook. With ``num_negatives=m`` it
-runs over a column set shared by the batch plus ``m`` words drawn uniformly (duplicates removed): for
-"sample" the batch's drawn targets (at most ``B * n_l + m`` columns, whatever ``rho_l``), for "all" the
-union of the batch's candidates. This is a sampled softmax, so its value is not the full-codebook
-cross-entropy (no log-Q correction; the negatives only push queries away from irrelevant words). Words in
-another query's or image's target set act as negatives for this one.
+Cost: with ``num_negatives=None`` the columns ``S`` are the whole codebook. With ``num_negatives=m`` they
+are a set shared by the batch plus ``m`` words drawn uniformly (duplicates removed): for "sample" the
+batch's drawn targets (at most ``B * n_l + m`` columns, whatever ``rho_l``), for "all" the union of the
+batch's candidates. This is a sampled softmax (no log-Q correction): its negatives for image ``b`` are the
+other images' targets or candidates and the sampled words, each only where it is not a candidate of ``b``
+(a word of ``b``'s candidate set drawn by another image, or sampled, is excluded from ``b``'s denominator).
+
+Note: the paper's formula puts the whole vocabulary, other candidates included, in the denominator; here
+candidates do not compete with each other, so a query is pulled towards its image's candidate words as a
+group (weighted by how often each is the target) and away from the rest, and the sampled softmax
+estimates the same objective whether or not another image happened to draw one of ``b``'s candidates.
 
 Also here: ``semantic_relevance`` (the metric: mean relevance of the chosen words per layer) and
 ``schedule_weight`` (the "dynamic" weight of the loss as a function of the step).
@@ -146,12 +158,15 @@ class SemanticLoss(nn.Module):
         else:
             cols = self._columns(cand.any(dim=0).nonzero().squeeze(1), generator)
         e, e_sq = self.codebook[cols], self.codebook_sq_norms[cols]
-        logits = (2.0 * queries.reshape(B * n, D) @ e.T - e_sq) / self.temperature  # [B*n, S]
-        log_p = torch.log_softmax(logits, dim=1).view(B, n, -1)
-        if self.target == "all":
-            return -(weights[:, cols][:, None, :] * log_p).sum(2).mean()
-        target_cols = torch.searchsorted(cols, picks)  # position of each pick among the sorted columns
-        return -log_p.gather(2, target_cols[:, :, None]).mean()
+        logits = ((2.0 * queries.reshape(B * n, D) @ e.T - e_sq) / self.temperature).view(B, n, -1)  # [B, n, S]
+        # the negatives of image b: columns that are not its candidates (-inf when every column is one)
+        own = cand[:, cols][:, None, :]  # [B, 1, S]
+        negatives = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=2, keepdim=True)  # [B, n, 1]
+        if self.target == "sample":
+            target = logits.gather(2, torch.searchsorted(cols, picks)[:, :, None])  # [B, n, 1]
+            return (torch.logaddexp(target, negatives) - target).mean()
+        per_target = torch.logaddexp(logits, negatives) - logits  # [B, n, S]: -log p(k | k and negatives)
+        return (weights[:, cols][:, None, :] * per_target).sum(2).mean()
 
     def _check_relevance(self, relevance: torch.Tensor, layer_queries: Sequence[torch.Tensor]) -> None:
         K = self.codebook.shape[0]
@@ -208,9 +223,11 @@ def schedule_weight(
         return float(weight) * step / warmup_steps
     if schedule == "linear_warmup":
         return float(weight)
-    if total_steps is None or total_steps <= warmup_steps:
-        raise InvalidConfigError(f"cosine_decay needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps}.")
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    if total_steps is None:
+        raise InvalidConfigError("cosine_decay needs total_steps (the train stage sets method.semantic.total_steps "
+                                 "to trainer.max_steps); pass it, or use schedule=linear_warmup.")
+    # a run no longer than its warmup ends the decay at once (as the cosine LR schedule does)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return float(final_weight + (weight - final_weight) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 

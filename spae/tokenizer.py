@@ -34,8 +34,9 @@ from torch import nn
 
 from spae.config import LossConfig, MethodConfig, ModelConfig, OptimConfig, SemanticConfig, TokenizerConfig
 from spae.discriminator import PatchDiscriminator
-from spae.losses import (LeCam, adaptive_gan_weight, discriminator_loss, generator_loss, per_image_reconstruction_loss,
-                         prefix_order_loss, reconstruction_loss, ssim_loss)
+from spae.errors import InvalidConfigError
+from spae.losses import (GAN_LOSSES, LeCam, adaptive_gan_weight, discriminator_loss, generator_loss,
+                         per_image_reconstruction_loss, prefix_order_loss, reconstruction_loss, ssim_loss)
 from spae.networks import ArchSpec, Decoder, Encoder, count_parameters
 from spae.perceptual import build_perceptual, describe_perceptual
 from spae.pyramid import Pyramid
@@ -44,6 +45,12 @@ from spae.semantic_loss import SemanticLoss, schedule_weight
 
 WEIGHTS_FILE = "tokenizer.safetensors"
 CONFIG_FILE = "tokenizer.json"
+
+# The accepted values of the method's enumerated options (checked when the module is built, so a bad value
+# fails at once, not at the step that first reads it; tests/test_training_options.py trains each one).
+PREFIX_RECON_MODES = ("stratified", "all", "random", "none")  # method.loss.prefix_recon
+LR_SCHEDULES = ("constant", "cosine")  # method.optim.schedule
+LATENT_NORMS = ("codebook", "none")  # method.latent_norm
 
 RelevanceFn = Callable[[torch.Tensor], torch.Tensor]  # images [B, 3, H, W] in [0, 1] -> [B, K] in [0, 1]
 
@@ -93,6 +100,7 @@ class SPAETokenizer(pl.LightningModule):
         model, method = self.settings.model, self.settings.method
         self.loss_cfg: LossConfig = method.loss
         self.optim_cfg: OptimConfig = method.optim
+        check_enumerated_options(self.config["method"])
         if codebook_embeddings.dim() != 2:
             raise ValueError(f"codebook embeddings must be [K, D], got {list(codebook_embeddings.shape)}")
         if words is not None and len(words) != codebook_embeddings.shape[0]:
@@ -341,7 +349,7 @@ class SPAETokenizer(pl.LightningModule):
         if mode == "stratified":
             shares = torch.randperm(batch, generator=gen).tensor_split(L - 1)
             return [(p, idx.sort().values) for p, idx in zip(range(1, L), shares) if idx.numel()]
-        raise ValueError(f"method.loss.prefix_recon={mode!r}; valid: all, random, stratified, none")
+        raise ValueError(f"method.loss.prefix_recon={mode!r}; valid: {', '.join(PREFIX_RECON_MODES)}")
 
     def _order_extras(self, plan: list[tuple[int, torch.Tensor]], batch: int
                       ) -> tuple[list[tuple[int, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
@@ -475,6 +483,19 @@ class SPAETokenizer(pl.LightningModule):
         self.log("rec", scalars["train/rec"], prog_bar=True, on_step=True, batch_size=1)
 
 
+def check_enumerated_options(method: dict) -> None:
+    """Clear errors for values outside the accepted sets above (the quantizer, pooling, search, semantic
+    and perceptual options are checked by the objects they build)."""
+    loss, optim = method["loss"], method["optim"]  # a complete config (TokenizerConfig.to_dict)
+    options = {"method.loss.prefix_recon": (loss["prefix_recon"], PREFIX_RECON_MODES),
+               "method.optim.schedule": (optim["schedule"], LR_SCHEDULES),
+               "method.latent_norm": (method["latent_norm"], LATENT_NORMS),
+               "method.loss.gan.kind": (loss["gan"]["kind"], GAN_LOSSES)}
+    for key, (value, valid) in options.items():
+        if value not in valid:
+            raise InvalidConfigError(f"{key}={value!r}; valid: {', '.join(valid)}")
+
+
 def latent_stats(codebook: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension shift and scale mapping the encoder's ~unit-scale output onto the codebook's
     distribution ("codebook"), or identity ("none"). Why: an LLM codebook is far from the origin (Gemma's
@@ -488,7 +509,7 @@ def latent_stats(codebook: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch
         return cb.mean(0), cb.std(0).clamp_min(1e-6)
     if mode == "none":
         return torch.zeros(cb.shape[1]), torch.ones(cb.shape[1])
-    raise ValueError(f"method.latent_norm={mode!r}; valid: codebook, none")
+    raise ValueError(f"method.latent_norm={mode!r}; valid: {', '.join(LATENT_NORMS)}")
 
 
 def semantic_temperature(sem: SemanticConfig, codebook: torch.Tensor) -> float:
@@ -512,7 +533,7 @@ def lr_factor(step: int, warmup: int, total: int | None, schedule: str, min_fact
             raise ValueError("method.optim.schedule=cosine needs method.optim.total_steps (the train stage sets it)")
         progress = min(1.0, (step - warmup) / max(1, int(total) - warmup))
         return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown method.optim.schedule {schedule!r}; valid: constant, cosine")
+    raise ValueError(f"unknown method.optim.schedule {schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 
 
 # ---------------------------------------------------------------------- saving / loading

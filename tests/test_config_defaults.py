@@ -74,6 +74,8 @@ def test_tokenizer_from_python_defaults_is_the_one_the_cli_builds(method, python
     cli_config = _cli_tokenizer_config(method, tmp_dirs)
     total_steps = cli_config["method"]["optim"]["total_steps"]  # the train stage's, from trainer.max_steps
     python_config = {"method": {**copy.deepcopy(python_method), "optim": {"total_steps": total_steps}}}
+    if "semantic" in cli_config["method"]:  # the train stage also gives the semantic-weight schedule its length
+        python_config["method"]["semantic"] = {**python_config["method"].get("semantic", {}), "total_steps": total_steps}
     if with_model:  # the method's defaults alone (the old code needed the model's keys)
         python_config["model"] = copy.deepcopy(cli_config["model"])
     from_cli, from_python = _build(cli_config), _build(python_config)

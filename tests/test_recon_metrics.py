@@ -4,6 +4,7 @@ in scikit-image, and recon_eval's per-dataset evaluation with them (tiny random 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -148,3 +149,16 @@ def test_cell_mean_reference_ssim():
     assert m["ssim_cell_mean_l2"] == pytest.approx(1.0) and m["ssim_cell_mean_l1"] < 0.5
     with pytest.raises(ValueError, match="one side per layer"):
         ReconstructionMetrics(2, 8, layer_sides=[1])
+
+
+def test_psnr_is_the_mean_of_per_image_psnr_and_the_pooled_value_is_labelled():
+    # image 0 off by 0.1 everywhere (MSE 1e-2: 20 dB), image 1 by 0.01 (MSE 1e-4: 40 dB), in two batches
+    images = torch.full((2, 3, 16, 16), 0.5)
+    recons = images + torch.tensor([0.1, 0.01]).view(2, 1, 1, 1)
+    metrics = ReconstructionMetrics(num_layers=1, codebook_size=4)
+    for i in range(2):
+        metrics.update(images[i:i + 1], [recons[i:i + 1]], [torch.zeros(1, 1, dtype=torch.long)])
+    out = metrics.compute()
+    assert out["psnr_l1"] == pytest.approx(30.0, abs=1e-3)  # (20 + 40) / 2
+    # one MSE over the set: 10 log10(1 / ((1e-2 + 1e-4) / 2)) = 22.97 dB
+    assert out["psnr_pooled_l1"] == pytest.approx(10 * math.log10(2 / (1e-2 + 1e-4)), abs=1e-3)

@@ -51,16 +51,26 @@ def test_loss_decreases_when_query_moves_onto_a_candidate(codebook, target, num_
     assert torch.dist(query.detach(), on_candidate).item() < 0.5 * start
 
 
-def test_all_target_matches_full_codebook_cross_entropy(codebook):
+def candidate_free_cross_entropy(logits: torch.Tensor, target: int, columns: list[int], candidates: set[int]):
+    """-log p(target) over the columns that are the target itself or not a candidate of the image."""
+    kept = [k for k in columns if k == target or k not in candidates]
+    return -torch.log_softmax(logits[..., kept], -1)[..., kept.index(target)]
+
+
+def test_all_target_matches_full_codebook_expectation_over_candidates(codebook):
     rel = normalised_relevance()
     queries = torch.randn(2, 4, D, requires_grad=True)
     out = loss_fn(codebook, thresholds=[0.95], layers=[1])([queries], rel)
-    logits = -torch.cdist(queries.reshape(8, D), codebook) ** 2
+    logits = -torch.cdist(queries, codebook) ** 2  # [2, 4, K]
     cand = rel >= 0.95
     w = rel * cand
-    w = (w / w.sum(1, keepdim=True)).repeat_interleave(4, 0)
-    ref = -(w * torch.log_softmax(logits, 1)).sum(1).mean()
-    torch.testing.assert_close(out.loss, ref, rtol=1e-4, atol=1e-4)
+    w = w / w.sum(1, keepdim=True)
+    ref = 0.0
+    for b in range(2):
+        cands = set(cand[b].nonzero().squeeze(1).tolist())
+        for k in cands:
+            ref = ref + w[b, k] * candidate_free_cross_entropy(logits[b], k, list(range(K)), cands).sum()
+    torch.testing.assert_close(out.loss, ref / 8, rtol=1e-4, atol=1e-4)
     assert out.num_candidates[1] == pytest.approx(cand.sum(1).float().mean().item())
     (grad,) = torch.autograd.grad(out.loss, queries)
     assert grad.abs().sum() > 0
@@ -74,6 +84,55 @@ def test_sample_target_averages_to_all_target(codebook):
     g = torch.Generator().manual_seed(0)
     mean = torch.stack([sampler([queries], rel, generator=g).loss for _ in range(50)]).mean()
     assert abs(mean.item() - all_loss.item()) < 0.05 * all_loss.item()
+
+
+# Hand-built batch: word W is a candidate of image b (relevance 1e-6 >= rho, so b draws it with
+# probability 1e-6) and the only candidate of image a; T is b's top word; X is image c's only word.
+W, T, X = 0, 1, 2
+
+
+def three_image_batch():
+    rel = torch.zeros(3, K)
+    rel[0, W] = 1.0
+    rel[1, T], rel[1, W] = 1.0, 1e-6
+    rel[2, X] = 1.0
+    queries = torch.randn(3, 1, D, generator=torch.Generator().manual_seed(3))
+    return rel, queries
+
+
+def test_a_word_of_image_b_drawn_by_another_image_is_no_negative_for_b(codebook):
+    rel, queries = three_image_batch()
+    loss = loss_fn(codebook, thresholds=[1e-6], layers=[1], num_negatives=0, target="sample")
+    got = loss([queries], rel, generator=torch.Generator().manual_seed(0)).loss
+    logits = -torch.cdist(queries[:, 0], codebook) ** 2  # [3, K]
+    columns = [W, T, X]  # the drawn targets
+    a = candidate_free_cross_entropy(logits[0], W, columns, {W})
+    b = candidate_free_cross_entropy(logits[1], T, columns, {T, W})  # = W's column removed
+    c = candidate_free_cross_entropy(logits[2], X, columns, {X})
+    assert b == pytest.approx(-torch.log_softmax(logits[1, [T, X]], 0)[0].item())
+    torch.testing.assert_close(got, (a + b + c) / 3)
+
+
+@pytest.mark.parametrize("num_negatives", [None, 200])
+def test_a_sampled_or_full_codebook_negative_that_is_a_candidate_does_not_count(codebook, num_negatives):
+    small = codebook[:8]  # 200 uniform draws cover all 8 words (miss probability 8 (7/8)^200 ~ 1e-11)
+    rel, queries = three_image_batch()
+    rel, queries = rel[1:2, :8], queries[1:2]  # image b alone: every column but T and W is a negative
+    loss = loss_fn(small, thresholds=[1e-6], layers=[1], num_negatives=num_negatives, target="sample")
+    got = loss([queries], rel, generator=torch.Generator().manual_seed(0)).loss
+    logits = -torch.cdist(queries[:, 0], small)[0] ** 2
+    without_w = [k for k in range(8) if k != W]
+    torch.testing.assert_close(got, -torch.log_softmax(logits[without_w], 0)[without_w.index(T)])
+
+
+@pytest.mark.parametrize("target", ["sample", "all"])
+def test_no_negative_column_gives_zero_loss_and_finite_gradient(codebook, target):
+    rel = torch.zeros(1, K)
+    rel[0, T] = 1.0
+    q = torch.randn(1, 2, D, requires_grad=True)
+    out = loss_fn(codebook, thresholds=[0.5], layers=[1], num_negatives=0, target=target)([q], rel)
+    (grad,) = torch.autograd.grad(out.loss, q)
+    assert out.loss.item() == 0.0 and torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("target", ["sample", "all"])

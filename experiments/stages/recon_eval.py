@@ -1,7 +1,8 @@
 """Stage `recon_eval`: how well the trained tokenizer reconstructs held-out images, layer by layer.
 
 Per evaluation dataset (bench.recon.roles, plus the natural photos that ship in scikit-image when
-bench.recon.photos lists them): PSNR and SSIM for each prefix of layers, a perceptual distance and an
+bench.recon.photos lists them): PSNR (mean over images; psnr_pooled_l* from one MSE over the set) and SSIM
+for each prefix of layers, a perceptual distance and an
 FID-style distance per prefix (bench.recon.perceptual / .fid: `auto` = LPIPS / Inception FID online, the
 bundled EfficientNet-lite0 offline, labelled as such in every output), code usage and perplexity over the
 whole pass, semantic relevance of each layer's words (mean normalised CLIP score), the words of layers 1-2
@@ -127,8 +128,8 @@ def markdown(method: str, describe: dict, results: dict, examples: dict, percept
         L = len(describe["layer_sides"])
         lines += [f"**{name}** ({m['images']} held-out images; codes used {m['codes_used']} "
                   f"= {m['code_usage']:.4f} of the codebook, perplexity {m['perplexity']})", "",
-                  "| layers | tokens | PSNR | SSIM | SSIM step (+- 95%) | images better | cell-mean SSIM | "
-                  "perceptual | FID-style | codes used | perplexity | relevance |",
+                  "| layers | tokens | PSNR (mean per image) | SSIM | SSIM step (+- 95%) | images better | "
+                  "cell-mean SSIM | perceptual | FID-style | codes used | perplexity | relevance |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for l in range(1, L + 1):
             lines.append(f"| {l} | {describe['cumulative_tokens'][l - 1]} | {m[f'psnr_l{l}']:.2f} | "
@@ -149,7 +150,7 @@ def markdown(method: str, describe: dict, results: dict, examples: dict, percept
 
 
 @stage("recon_eval", deps=("train", "data", "clip", "codebook"), config_keys=("bench.recon", "seed", "offline"),
-       version=3)  # 3: SSIM steps with intervals, cell-mean SSIM reference
+       version=4)  # 4: PSNR = mean of per-image PSNR (pooled kept as psnr_pooled); 3: SSIM steps, cell-mean SSIM
 def recon_eval_stage(ctx: StageContext) -> dict:
     import torch
 

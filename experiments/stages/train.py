@@ -28,9 +28,10 @@ def tokenizer_config(cfg: dict) -> dict:
     if method.get("name") not in TOKENIZER_METHODS or method.get("kind") != "tokenizer":
         raise ValueError(f"the train stage trains tokenizers ({', '.join(TOKENIZER_METHODS)}); method="
                          f"{method.get('name')!r} is not one: use method=spae or method=lqae")
-    optim = dict(method.get("optim") or {})
-    optim.setdefault("total_steps", int(cfg["trainer"]["max_steps"]))  # for the cosine schedule
-    method["optim"] = optim
+    total_steps = int(cfg["trainer"]["max_steps"])  # for the cosine LR and semantic-weight schedules
+    method["optim"] = {"total_steps": total_steps, **(method.get("optim") or {})}
+    if method.get("semantic") is not None:
+        method["semantic"] = {"total_steps": total_steps, **method["semantic"]}
     return {"model": cfg["model"], "method": method, "seed": int(cfg.get("seed", 0)),
             "offline": bool(cfg.get("offline", True))}
 
@@ -62,6 +63,7 @@ def stop_if_paused(steps: int, max_steps: int, cap_s, cap_key: str, out_dir: Pat
 
 
 @stage("train", deps=("data", "codebook", "clip"), distributed=True,
+       version=2,  # 2: semantic loss without the image's own candidates among its negatives
        # trainer.max_time_s is no key: a cap that binds pauses the stage (see stop_if_paused), never shortens it
        config_keys=("model", "method", "trainer.max_steps", "trainer.batch_size",
                     "trainer.precision", "codebook", "clip", "data.pretrain", "data.max_pretrain_images", "seed"))
