@@ -40,3 +40,39 @@ def tiny_imagefolder(folder: Path, classes=("golden_retriever", "tabby-cat"), pe
 def spec(**kwargs) -> dict:
     base = {"name": "tiny", "train_split": "train", "eval_split": "test"}
     return {**base, **kwargs}
+
+
+VQAV2_QUESTIONS = (  # (image_id, question, multiple_choice_answer, the ten human answers)
+    (1, "how many dogs are there?", "2", ["2", "2", "2", "two", "two", "Two.", "Two.", "3", "3", "3"]),
+    (1, "what color is the ball?", "blue", ["red", "red"] + ["blue"] * 8),
+    (2, "is it sunny?", "yes", ["yes"] * 10),
+)
+
+
+def tiny_vqav2_parquet(folder: Path, questions=VQAV2_QUESTIONS) -> Path:
+    """lmms-lab/VQAv2's layout: data/validation-00000-of-00001.parquet, one row per question, `answers` a
+    list of {answer, answer_confidence, answer_id} (ten per question), the consensus `multiple_choice_answer`."""
+    import datasets
+
+    answer = {"answer": datasets.Value("string"), "answer_confidence": datasets.Value("string"),
+              "answer_id": datasets.Value("int64")}
+    features = datasets.Features({
+        "question_type": datasets.Value("string"), "multiple_choice_answer": datasets.Value("string"),
+        "answers": datasets.List(answer), "image_id": datasets.Value("int64"),
+        "answer_type": datasets.Value("string"), "question_id": datasets.Value("int64"),
+        "question": datasets.Value("string"), "image": datasets.Image()})
+    rows = {name: [] for name in features}
+    for qid, (image_id, question, consensus, humans) in enumerate(questions):
+        rows["question_type"].append(" ".join(question.split()[:2]))
+        rows["multiple_choice_answer"].append(consensus)
+        rows["answers"].append([{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                                for k, a in enumerate(humans)])
+        rows["image_id"].append(image_id)
+        rows["answer_type"].append("other")
+        rows["question_id"].append(image_id * 1000 + qid)
+        rows["question"].append(question)
+        rows["image"].append(Image.new("RGB", (8, 8), (40 * image_id, 0, 0)))
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(folder / "data" / "validation-00000-of-00001.parquet"))
+    return folder

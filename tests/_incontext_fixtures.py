@@ -13,10 +13,12 @@ SHAPES = ("square", "bar")
 
 
 def tiny_captioned_vqa(folder, n_train: int = 24, n_test: int = 12):
-    """save_to_disk DatasetDict (train/test): one row per question; images solid colours, a square or a bar."""
+    """save_to_disk DatasetDict (train/test): one row per question; images solid colours, a square or a bar.
+    `answer` is the consensus, `answers` ten human answers in VQAv2's format (two written differently, one other)."""
     splits = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        rows = {"image": [], "captions": [], "question": [], "answer": [], "image_id": [], "colour": []}
+        rows = {"image": [], "captions": [], "question": [], "answer": [], "answers": [], "image_id": [],
+                "colour": []}
         for i in range(n):
             colour, shape = list(COLOURS)[i % 3], SHAPES[(i // 3) % 2]
             img = Image.new("RGB", (16, 16), (250, 250, 250))
@@ -27,6 +29,9 @@ def tiny_captioned_vqa(folder, n_train: int = 24, n_test: int = 12):
                 rows["captions"].append([f"a {colour} {shape}", f"the {colour} {shape}"])
                 rows["question"].append(question)
                 rows["answer"].append(answer)
+                humans = [answer] * 7 + [answer.title() + "."] * 2 + ["maybe"]
+                rows["answers"].append([{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                                        for k, a in enumerate(humans)])
                 rows["image_id"].append(i)
                 rows["colour"].append(colour)
         splits[split] = datasets.Dataset.from_dict(rows)

@@ -19,7 +19,7 @@ WORDS = {"x0": [["red"], ["round", "ball"]], "x1": ["blue", "box"], "q0": "red r
 def test_caption_prompt_renders_layers_and_examples_in_order():
     item = Item("i0", "q0", ("a red ball",), (Example("x0", "a red ball"), Example("x1", "a blue box")))
     assert build_prompt(item, CAPTION, WORDS.__getitem__) == (
-        "red round ball Caption: a red ball.\nblue box Caption: a blue box.\nred round Caption:")
+        " red round ball Caption: a red ball.\n blue box Caption: a blue box.\n red round Caption:")
 
 
 def test_qa_prompt_has_header_questions_and_embedding_segments():

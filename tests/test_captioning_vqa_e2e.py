@@ -51,6 +51,6 @@ def test_captioning_and_vqa_benches_with_real_tiny_models(tmp_path):
     assert all(m["model_reused"] for m in info.values() if m["model_stage"])  # the captioning bench trained them
     assert len({m["model_stage"] for m in info.values() if m["model_stage"]}) == 3
     methods = vqa["metrics"]["vqa_eval"]["methods"]
-    assert len(methods) == 5 and all(0 <= m["accuracy"] <= 1 and m["items"] == 4 for m in methods.values())
+    assert len(methods) == 5 and all(0 <= m["vqa_accuracy"] <= 1 and m["items"] == 4 for m in methods.values())
     records = list((tmp_path / "runs").rglob("vqa_eval/frozen.jsonl"))
     assert records and "<embeds 2x" in json.loads(records[0].read_text().splitlines()[0])["prompt"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
-from _data_fixtures import spec, tiny_fashion_mnist, tiny_imagefolder
+from _data_fixtures import VQAV2_QUESTIONS, spec, tiny_fashion_mnist, tiny_imagefolder, tiny_vqav2_parquet
 from PIL import Image
 
 from spae.data import ADAPTERS, COLUMNS, OfflineDatasetError, class_names, load_split
@@ -118,7 +118,7 @@ def test_hf_parquet_folder_with_string_labels(tmp_path):
     assert load_split(s, "eval")["label_name"] == ["cat"]
 
 
-def test_hf_groups_vqa_rows_per_image_and_takes_consensus_answers(tmp_path):
+def test_hf_groups_vqa_rows_per_image_and_keeps_every_answer(tmp_path):
     raw = datasets.Dataset.from_dict({
         "image": _images(3), "image_id": [7, 7, 8], "question": ["what?", "where?", "who?"],
         "answers": [[{"answer": "cat"}, {"answer": "dog"}, {"answer": "cat"}], [{"answer": "home"}],
@@ -134,7 +134,39 @@ def test_hf_groups_vqa_rows_per_image_and_takes_consensus_answers(tmp_path):
     ds = load_split(s, "eval")
     assert len(ds) == 2
     assert ds[0]["questions"] == ["what?", "where?"] and ds[0]["answers"] == ["cat", "home"]
+    assert ds[0]["reference_answers"] == [["cat", "dog", "cat"], ["home"]] and ds[1]["reference_answers"] == [["me"]]
     assert ds[0]["captions"] == ["a", "b"] and ds[0]["caption"] == "a" and ds[1]["label"] == -1
+
+
+def test_vqav2_hub_format_keeps_the_ten_human_answers_for_vqa_accuracy(tmp_path):
+    import yaml
+    from conftest import CONF_DIR
+
+    from spae.tasks.vqa import plan_vqa_items, score_answers
+
+    vqav2 = yaml.safe_load((CONF_DIR / "dataset" / "vqav2.yaml").read_text())
+    ds = load_split({**vqav2, "path": str(tiny_vqav2_parquet(tmp_path / "vqav2"))}, "eval")
+    assert len(ds) == 2 and ds[0]["questions"] == [q for _, q, _, _ in VQAV2_QUESTIONS[:2]]
+    assert ds[0]["answers"] == ["2", "blue"]  # the consensus: the in-context examples' answer
+    assert ds["reference_answers"] == [[h for _, _, _, h in VQAV2_QUESTIONS[:2]], [VQAV2_QUESTIONS[2][3]]]
+    items = plan_vqa_items(ds["questions"], ds["reference_answers"], ds["questions"], ds["answers"],
+                           n_items=3, shots=0, seed=0, same_split=True)
+    predictions = {"how many dogs are there?": "Two", "what color is the ball?": "red", "is it sunny?": "no"}
+    scores = score_answers([{"answer": predictions[i.question], "references": list(i.references)} for i in items])
+    # "Two" matches 7 of 10 ("2", "two", "Two.") -> 1; "red" matches 2 of 10 -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6;
+    # "no" matches none -> 0. The consensus copied ten times would give 1, 0, 0.
+    assert scores["metric"] == "vqa_accuracy" and scores["items"] == 3
+    assert scores["vqa_accuracy"] == pytest.approx((1.0 + 0.6 + 0.0) / 3)
+
+
+def test_vqa_answer_lists_without_a_consensus_column_take_the_normalised_majority(tmp_path):
+    raw = datasets.Dataset.from_dict({"image": _images(1), "question": ["how many?"],
+                                      "answers": [["3", "3", "3", "two", "2", "Two.", "2"]]})
+    raw.save_to_disk(str(tmp_path / "d"))
+    ds = load_split(spec(adapter="hf", path=str(tmp_path / "d"), question_column="question",
+                         answer_column="answers"), "train")
+    assert ds[0]["answers"] == ["two"]  # 4 humans say 2 in three spellings, 3 say "3": not the raw majority "3"
+    assert ds[0]["reference_answers"] == [["3", "3", "3", "two", "2", "Two.", "2"]]
 
 
 def test_hf_hub_id_offline_fails_at_once_naming_the_alternative():

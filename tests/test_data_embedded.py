@@ -26,6 +26,8 @@ def test_easy_vqa_has_questions_and_shape_colour_captions(vqa_test):
     row = vqa_test[0]
     assert row["image"].size == (64, 64) and row["label"] == -1
     assert len(row["questions"]) == len(row["answers"]) > 0
+    # one answer per question: its only reference (scored as exact match, not VQA accuracy)
+    assert row["reference_answers"] == [[a] for a in row["answers"]]
     words = vqa_test[0]["caption"].split()
     assert words[1] in evqa.COLORS and words[2] in evqa.SHAPES
     assert all(c.split()[-1] in evqa.SHAPES for c in vqa_test["caption"])  # none left undetermined

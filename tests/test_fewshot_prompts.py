@@ -22,8 +22,9 @@ def _episode(induction=True) -> Episode:
 
 def test_frozen_prompt_rendering():
     prompt = render_prompt(_episode(), FROZEN, WORDS.__getitem__)
-    assert prompt == ("Answer with dog or cat.\nfur whiskers This is a cat.\nbark tail This is a dog.\n"
-                      "fur paws This is a")
+    # image words after a newline get a space: each is then its codebook token ("▁fur"), not "fur"
+    assert prompt == ("Answer with dog or cat.\n fur whiskers This is a cat.\n bark tail This is a dog.\n"
+                      " fur paws This is a")
     assert not render_prompt(_episode(False), FROZEN, WORDS.__getitem__).startswith("Answer")
 
 
@@ -31,8 +32,8 @@ def test_pyramid_layers_and_class_lists():
     t = PromptTemplate.from_yaml(CONF / "arrow.yaml")
     layers = {0: [["animal"], ["fur", "cat"]], 1: [["animal"], ["dog", "bark"]], 2: [["animal"], ["paw", "fur"]]}
     prompt = render_prompt(_episode(), t, layers.__getitem__)
-    assert prompt.splitlines()[1] == "animal | fur cat => cat"
-    assert prompt.endswith("animal | paw fur =>")
+    assert prompt.splitlines()[1] == " animal | fur cat => cat"
+    assert prompt.endswith("\n animal | paw fur =>")
     assert FROZEN.class_list(["a", "b", "c"]) == "a, b or c"
 
 
@@ -42,7 +43,8 @@ def test_every_config_template_renders():
         prompt = render_prompt(_episode(), t, WORDS.__getitem__)
         assert "fur whiskers" in prompt and "cat" in prompt and "{" not in prompt, path.name
         # rank_loglik relies on: query item + answer text == the support item of that label
-        query = t.query_item.replace("{image}", "fur whiskers")
+        before = t.query_item.split("{image}")[0]
+        query = t.query_item.replace("{image}", ("" if before.endswith(" ") else " ") + "fur whiskers")
         assert query + t.answer_text("cat") in prompt, path.name
 
 
@@ -63,6 +65,10 @@ def test_bad_templates_and_renderings():
         PromptTemplate(name="x", support_item="{image} is {label}", query_item="{image} what is it?")
     with pytest.raises(ValueError, match="unknown prompt template keys"):
         PromptTemplate.from_dict({"name": "x", "support_item": "{image} {label}", "query_item": "{image}", "foo": 1})
+    with pytest.raises(ValueError, match="layer_separator ' \\|' must end with a space"):
+        PromptTemplate(name="x", support_item="{image} {label}", query_item="{image}", layer_separator=" |")
+    with pytest.raises(ValueError, match="word_separator"):
+        PromptTemplate(name="x", support_item="{image} {label}", query_item="{image}", word_separator=",")
     with pytest.raises(TypeError, match="render_image must return"):
         render_prompt(_episode(), FROZEN, lambda i: 42)
 

@@ -10,7 +10,7 @@ from conftest import compose
 
 import experiments.stages  # noqa: F401  (registers the stages)
 from experiments.run import execute
-from spae.tasks.vqa import vqa_accuracy
+from spae.tasks.vqa import normalize_answer, vqa_accuracy
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def test_vqa_bench_scores_the_recorded_answers(vqa_cfg, tmp_path):
     results = json.loads(execute(vqa_cfg()).read_text())
     assert results["task"] == "vqa" and results["dataset"] == "vqav2"
     metrics = results["metrics"]["vqa_eval"]
+    assert metrics["metric"] == "vqa_accuracy"
     records = _records(tmp_path / "cache")
     assert set(records) == {"spae-l2", "lqae-all", "clip_topk-k3"}
     items = [[(r["item_id"], r["question"], r["references"]) for r in rows] for rows in records.values()]
@@ -42,18 +43,20 @@ def test_vqa_bench_scores_the_recorded_answers(vqa_cfg, tmp_path):
     for label, m in metrics["methods"].items():
         slug = {"SPAE": "spae-l2", "LQAE": "lqae-all", "CLIP": "clip_topk-k3"}[label.split()[0]]
         rows = records[slug]
-        assert m["accuracy"] == pytest.approx(sum(vqa_accuracy(r["answer"], r["references"]) for r in rows) / 16)
+        assert all(len(r["references"]) == 10 for r in rows)  # every human answer, not the consensus
+        assert m["vqa_accuracy"] == pytest.approx(sum(vqa_accuracy(r["answer"], r["references"]) for r in rows) / 16)
         assert sum(t["items"] for t in m["by_type"].values()) == 16 and set(m["by_type"]) <= {"yes/no", "other"}
         for r in rows:  # examples and the query each carry their question; the answer comes from an example
             assert r["prompt"].count("Question:") == 5 and r["prompt"].endswith(f"Question: {r['question']} Answer:")
             assert not r["answer"] or f"Answer: {r['answer']}." in r["prompt"]
     prior = metrics["answer_prior"]
-    assert prior["answer"] in ("yes", "no", "red", "green", "blue") and 0 <= prior["accuracy"] <= 1
+    assert prior["answer"] in ("yes", "no", "red", "green", "blue") and 0 <= prior["vqa_accuracy"] <= 1
     # colour questions: the dummy copies the answer of an example with the query's colour word and question
     colour_rows = [r for r in records["clip_topk-k3"] if r["question"].startswith("what color")]
-    assert colour_rows and metrics["methods"]["CLIP top-3 words"]["by_type"]["other"]["accuracy"] > 0
+    assert colour_rows and metrics["methods"]["CLIP top-3 words"]["by_type"]["other"]["vqa_accuracy"] > 0
     md = next((tmp_path / "runs").rglob("results.md")).read_text()
     assert "In-context VQA" in md and "answer prior" in md and "| CLIP top-3 words |" in md
+    assert "| method | vqa_accuracy |" in md and "10 human answers" in md
     assert len(list((tmp_path / "runs").rglob("vqa_eval/*.jsonl"))) == 3
 
 
@@ -70,3 +73,20 @@ def test_one_split_datasets_never_show_the_query_image(vqa_cfg, tmp_path):
     assert all(k.startswith("x") for rows in _records(tmp_path / "c2").values() for r in rows for k in r["example_images"])
     md = next((tmp_path / "runs").rglob("results.md")).read_text()
     assert "no separate training split" in md
+
+
+def test_one_answer_per_question_is_reported_as_exact_match(vqa_cfg, tmp_path):
+    # a dataset with one answer per question (as easy-VQA): scored and named exact match, never VQA accuracy
+    results = json.loads(execute(vqa_cfg("data.vqa.reference_answers_column=null")).read_text())
+    metrics = results["metrics"]["vqa_eval"]
+    assert metrics["metric"] == "exact_match"
+    for m in [*metrics["methods"].values(), metrics["answer_prior"]]:
+        assert "exact_match" in m and "vqa_accuracy" not in m and "accuracy" not in m
+    records = _records(tmp_path / "cache")
+    for label, m in metrics["methods"].items():
+        rows = records[{"SPAE": "spae-l2", "LQAE": "lqae-all", "CLIP": "clip_topk-k3"}[label.split()[0]]]
+        assert all(len(r["references"]) == 1 for r in rows)
+        hits = [normalize_answer(r["answer"]) == normalize_answer(r["references"][0]) for r in rows]
+        assert m["exact_match"] == pytest.approx(sum(hits) / len(hits))
+    md = next((tmp_path / "runs").rglob("results.md")).read_text()
+    assert "| method | exact_match |" in md and "not VQAv2 accuracy" in md and "VQA accuracy (VQAv2)" not in md

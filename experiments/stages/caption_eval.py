@@ -304,7 +304,7 @@ def plan_captions(cfg: dict):
     return plan
 
 
-@stage("caption_eval", deps=("data", "codebook", "clip"),
+@stage("caption_eval", deps=("data", "codebook", "clip"), version=2,  # 2: image words keep their leading space
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def caption_eval(ctx: StageContext) -> dict:
     from spae.tasks.captioning import score_captions

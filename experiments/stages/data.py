@@ -56,7 +56,7 @@ def markdown_table(rows: dict[str, dict], stand_in: bool) -> str:
     return "\n".join(lines)
 
 
-@stage("data", config_keys=("data", "seed"))
+@stage("data", config_keys=("data", "seed"), version=2)  # 2: reference_answers column (every human answer)
 def prepare_data(ctx: StageContext) -> dict:
     from spae.data import drop_unreadable_images, load_split, save_prepared
     from spae.io import read_json, write_json_atomic

@@ -364,7 +364,7 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 
 
 # ------------------------------------------------------------------------------------------ the stage
-@stage("fewshot_eval", deps=("data", "codebook", "clip"), version=2,
+@stage("fewshot_eval", deps=("data", "codebook", "clip"), version=3,  # 3: image words keep their leading space
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
     from spae.data import load_prepared

@@ -83,14 +83,18 @@ def class_names(ds: datasets.Dataset) -> list[str]:
 
 
 def explode_qa(ds: datasets.Dataset) -> datasets.Dataset:
-    """One row per (image, question, answer): `question` and `answer` (str) replace the lists.
-    Rows without questions disappear. Images are not decoded."""
+    """One row per (image, question, answer): `question`, `answer` (str) and `references` (every reference
+    answer) replace the lists. Rows without questions disappear. Images are not decoded."""
     counts = [len(q) for q in ds["questions"]]
     rows = [i for i, c in enumerate(counts) for _ in range(c)]
     questions = [q for qs in ds["questions"] for q in qs]
     answers = [a for ans in ds["answers"] for a in ans]
     if len(questions) != len(answers):
         raise ValueError("questions and answers are not aligned in this dataset")
-    exploded = ds.select(rows).remove_columns(["questions", "answers"])
+    references = [r for refs in ds["reference_answers"] for r in refs]
+    if len(questions) != len(references):
+        raise ValueError("questions and reference_answers are not aligned in this dataset")
+    exploded = ds.select(rows).remove_columns(["questions", "answers", "reference_answers"])
     exploded = exploded.add_column("question", questions, feature=datasets.Value("string"))
+    exploded = exploded.add_column("references", references, feature=datasets.List(datasets.Value("string")))
     return exploded.add_column("answer", answers, feature=datasets.Value("string"))

@@ -24,7 +24,7 @@ from spae.data.schema import CAPTION_TEMPLATED, from_columns, with_article
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 _NEGATION = re.compile(r"\b(not|no)\b")
-VERSION = 1
+VERSION = 2  # 2: reference_answers column
 
 
 def _mentioned(question: str, vocabulary: tuple[str, ...]) -> str | None:

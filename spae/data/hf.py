@@ -3,7 +3,9 @@
 Local copies: a save_to_disk folder (Dataset or DatasetDict, or one such folder per split), a folder of
 parquet files (splits from the file names, as datasets infers them), a single .parquet file, or an
 imagefolder. Spec keys: hub_id, path, config_name, image_column, label_column, caption_column,
-question_column, answer_column, group_column (rows sharing this value, e.g. VQAv2's image_id, become
+question_column, answer_column (the target answer; a list of answers, e.g. VQAv2's ten, gives all of them
+as references and their consensus as the target), reference_answers_column (every reference answer, when
+answer_column holds only the consensus), group_column (rows sharing this value, e.g. VQAv2's image_id, become
 one row whose questions/answers are merged), label_names (for plain int labels), first_synonym,
 offline_alternative (named in the offline error).
 """
@@ -13,12 +15,11 @@ from spae.errors import InvalidConfigError, InvalidInputError, MissingFileError,
 
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import ClassLabel, Image, List, Value
+from datasets import ClassLabel, Image, Value
 
 from spae.data.labels import readable_name
 from spae.data.registry import ADAPTERS
@@ -109,7 +110,7 @@ def load_raw(spec: dict, split: str, offline: bool) -> datasets.Dataset:
 
 def require_columns(raw: datasets.Dataset, spec: dict, where: str) -> dict[str, str | None]:
     wanted = {"image": spec.get("image_column") or "image"}
-    for role in ("label", "caption", "question", "answer", "group"):
+    for role in ("label", "caption", "question", "answer", "reference_answers", "group"):
         wanted[role] = spec.get(f"{role}_column")
     for role, column in wanted.items():
         if column is not None and column not in raw.column_names:
@@ -149,9 +150,15 @@ def as_text_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def consensus(values: list[str]) -> str:
-    """The most frequent answer (VQA's ten annotator answers -> one target), first on ties."""
-    return Counter(values).most_common(1)[0][0] if values else ""
+def question_answers(answer_cells: list, reference_cells: list | None) -> tuple[list[str], list[list[str]]]:
+    """(target answer, every reference answer) per row. Without a reference column the answer column's cell is
+    the reference list (VQAv2's ten answers, or one string) and the target is its consensus after normalisation."""
+    from spae.tasks.vqa import consensus_answer
+
+    answers = [as_text_list(a) for a in answer_cells]
+    if reference_cells is None:
+        return [consensus_answer(a) for a in answers], answers
+    return [a[0] if a else "" for a in answers], [as_text_list(r) for r in reference_cells]
 
 
 def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datasets.Dataset:
@@ -162,7 +169,8 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
     cols = require_columns(raw, spec, where)
     names, to_id = label_vocabulary(raw, cols["label"], spec) if cols["label"] else ([], None)
 
-    inputs = [c for c in dict.fromkeys(cols[r] for r in ("label", "caption", "question", "answer", "group")) if c]
+    roles = ("label", "caption", "question", "answer", "reference_answers", "group")
+    inputs = [c for c in dict.fromkeys(cols[r] for r in roles) if c]
 
     def convert(*args) -> dict:
         # map passes only the `inputs` columns (never the image bytes), then the row indices.
@@ -193,16 +201,21 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
         out["caption_source"] = [source if c else "" for c in caps]
         if cols["question"]:
             out["questions"] = [as_text_list(q)[:1] for q in batch[cols["question"]]]
-            answers = [consensus(as_text_list(a)) for a in batch[cols["answer"]]] if cols["answer"] else [""] * n
+            refs_column = cols["reference_answers"]
+            answers, references = question_answers(batch[cols["answer"]], batch[refs_column] if refs_column else None)
             out["answers"] = [[a] if q else [] for a, q in zip(answers, out["questions"])]
+            out["reference_answers"] = [[r] if q else [] for r, q in zip(references, out["questions"])]
         else:
             out["questions"], out["answers"] = [[] for _ in range(n)], [[] for _ in range(n)]
+            out["reference_answers"] = [[] for _ in range(n)]
         if cols["group"]:
             out[GROUP] = [str(g) for g in batch[cols["group"]]]
         return out
 
     if cols["question"] and not cols["answer"]:
         raise InvalidConfigError(f"{where}: question_column is set but answer_column is not")
+    if cols["reference_answers"] and not cols["question"]:
+        raise InvalidConfigError(f"{where}: reference_answers_column is set but question_column is not")
     image = cols["image"]
     # Images stay encoded (decode=False) while the other columns are rewritten: nothing is decoded,
     # and string columns of paths or URLs become Image features here too.
@@ -228,17 +241,18 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
 def merge_groups(ds: datasets.Dataset) -> datasets.Dataset:
     """One row per group (image): its first row, with every row's questions and answers."""
     keys = ds[GROUP]
+    merged_columns = ("questions", "answers", "reference_answers")
     first: dict[str, int] = {}
-    questions: dict[str, list[str]] = {}
-    answers: dict[str, list[str]] = {}
-    for index, (key, qs, ans) in enumerate(zip(keys, ds["questions"], ds["answers"])):
+    lists: dict[str, dict[str, list]] = {c: {} for c in merged_columns}
+    for index, (key, *values) in enumerate(zip(keys, *(ds[c] for c in merged_columns))):
         first.setdefault(key, index)
-        questions.setdefault(key, []).extend(qs)
-        answers.setdefault(key, []).extend(ans)
+        for column, value in zip(merged_columns, values):
+            lists[column].setdefault(key, []).extend(value)
     order = list(first)
-    merged = ds.select([first[k] for k in order]).remove_columns(["questions", "answers", GROUP])
-    merged = merged.add_column("questions", [questions[k] for k in order], feature=List(Value("string")))
-    return merged.add_column("answers", [answers[k] for k in order], feature=List(Value("string")))
+    merged = ds.select([first[k] for k in order]).remove_columns([*merged_columns, GROUP])
+    for column in merged_columns:
+        merged = merged.add_column(column, [lists[column][k] for k in order], feature=FEATURES[column])
+    return merged
 
 
 @ADAPTERS.register("hf")

@@ -13,7 +13,7 @@ from spae.data.schema import CAPTION_TEMPLATED, from_columns
 from spae.data.subset import stratified_indices
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-VERSION = 2
+VERSION = 3  # 3: reference_answers column
 
 
 def split_indices(labels: np.ndarray, split: str, test_fraction: float, seed: int) -> np.ndarray:

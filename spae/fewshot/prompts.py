@@ -5,6 +5,10 @@ query_item ("{image} This is a"), separator between items, and how image words a
 (word_separator inside a layer, layer_separator between pyramid layers). The model's answer is its
 generation up to the first stop string (default: period or newline).
 
+Image words are codebook tokens, which carry the tokenizer's leading-space marker ("▁cat", "Ġcat"): every
+word must follow a space to be tokenised as that token. So both separators must end with a space, and image
+text that would follow anything but a space (a newline, "[", the prompt's start) gets one in front of it.
+
 An image is rendered by the caller's `render_image(index)`, returning one of:
 - a str (used as is), a list of words, or a list of lists of words (one list per pyramid layer);
 - a FloatTensor[n, D] of input embeddings (prefix methods such as Frozen): the prompt then becomes a list
@@ -42,6 +46,7 @@ class PromptTemplate:
     description: str = ""
 
     def __post_init__(self):
+        check_word_separators(self.name, self.word_separator, self.layer_separator)
         for key in ("support_item", "query_item"):
             if "{image}" not in getattr(self, key):
                 raise ValueError(f"prompt template {self.name!r}: {key} must contain '{{image}}'")
@@ -77,6 +82,29 @@ class PromptTemplate:
         return self.class_list_separator.join(classes[:-1]) + self.class_list_last_separator + classes[-1]
 
 
+def check_word_separators(name: str, word_separator: str, layer_separator: str) -> None:
+    for key, value in (("word_separator", word_separator), ("layer_separator", layer_separator)):
+        if not value.endswith(" "):
+            raise ValueError(f"prompt template {name!r}: {key} {value!r} must end with a space, or the image word "
+                             "after it is not its codebook token (codebook words carry a leading-space marker); "
+                             f"e.g. {(value.rstrip() + ' ')!r}")
+
+
+def spaced_image(preceding: str, image: str | torch.Tensor) -> str | torch.Tensor:
+    """Image text with a space in front unless `preceding` (the prompt text right before it) ends with one,
+    so that its first word is tokenised as its codebook token; embeddings pass through."""
+    if isinstance(image, str) and image and not image.startswith(" ") and not preceding.endswith(" "):
+        return " " + image
+    return image
+
+
+def text_before(segments: list, before: str) -> str:
+    """The prompt text right before an image whose item starts with `before`."""
+    if before or not segments:
+        return before
+    return segments[-1] if isinstance(segments[-1], str) else ""
+
+
 def render_image_words(rendering: ImageRendering, template: PromptTemplate) -> str | torch.Tensor:
     """Words (flat or per layer) -> text; str and embedding tensors pass through."""
     if isinstance(rendering, (str, torch.Tensor)):
@@ -100,7 +128,7 @@ def render_prompt(episode: Episode, template: PromptTemplate, render_image: Call
         before, after = item.split("{image}", 1)
         if label is not None:
             before, after = before.replace("{label}", label), after.replace("{label}", label)
-        segments.extend([before, image, after])
+        segments.extend([before, spaced_image(text_before(segments, before), image), after])
 
     if episode.task_induction:
         segments.append(template.induction.replace("{class_list}", template.class_list(episode.classes)))

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from spae.fewshot.engine import generate_answers, read_jsonl_records, append_jsonl_record
-from spae.fewshot.prompts import Prompt, PromptTemplate, merge_segments, prompt_as_text, render_image_words
+from spae.fewshot.prompts import (Prompt, PromptTemplate, check_word_separators, merge_segments, prompt_as_text,
+                                  render_image_words, spaced_image, text_before)
 from spae.fewshot.scoring import extract_answer
 from spae.hashing import stable_hash
 
@@ -49,6 +50,7 @@ class InContextTemplate:
     max_new_tokens: int = 16
 
     def __post_init__(self):
+        check_word_separators(self.name, self.word_separator, self.layer_separator)
         for key in ("example_item", "query_item"):
             if getattr(self, key).count("{image}") != 1:
                 raise ValueError(f"in-context template {self.name!r}: {key} must contain '{{image}}' exactly once")
@@ -78,9 +80,9 @@ def build_prompt(item: Item, template: InContextTemplate, render: Callable[[str]
     def add(pattern: str, image_key: str, question: str, answer: str | None) -> None:
         if segments:
             segments.append(template.separator)
-        before, after = pattern.split("{image}", 1)
-        segments.extend([_fill(before, question, answer), render_image_words(render(image_key), template),
-                         _fill(after, question, answer)])
+        before, after = (_fill(part, question, answer) for part in pattern.split("{image}", 1))
+        image = render_image_words(render(image_key), template)
+        segments.extend([before, spaced_image(text_before(segments, before), image), after])
 
     for example in item.examples:
         add(template.example_item, example.image, example.question, example.answer)
