@@ -245,6 +245,7 @@ def test_results_carry_both_metrics_with_their_labels_and_never_swap_them(stage_
             if key == "average":
                 continue
             assert m["accuracy"] == 0.0 and m["paper_protocol"] is True and "paper's protocol" in m["metric"]
+            assert m["metric"].startswith("exact match") and "not the paper" not in m["metric"].lower()
             c = m["constrained_choice"]
             assert c["paper_protocol"] is False and "NOT the paper's protocol" in c["metric"]
             assert c["normalisation"] == "total_logprob" and c["episodes"] == m["episodes"] == 12
