@@ -52,13 +52,17 @@ def load_paper_numbers(path: str | Path = PAPER_NUMBERS, benchmark: str = "mini_
     return {"source": data["source"], "methods": methods}
 
 
-def table1_markdown(ours: dict[str, dict[str, dict]], paper: dict | None = None, ways=TABLE1_WAYS) -> str:
+def table1_markdown(ours: dict[str, dict[str, dict]], paper: dict | None = None, ways=TABLE1_WAYS,
+                    metric: str = "accuracy %", with_paper: bool = True) -> str:
     """One Markdown table per N-way: our methods (accuracy % [95% CI], n) then the paper's rows.
 
     ours: {method label: {cell key: accuracy_summary dict}}. Missing cells print '-'. The average column
-    is the mean over the cells present, with the count when not all six are there.
+    is the mean over the cells present, with the count when not all six are there. with_paper=False leaves
+    the paper's rows out (for metrics that are not the paper's protocol); `metric` names what is shown.
     """
     paper = paper if paper is not None else load_paper_numbers()
+    if not with_paper:
+        paper = {"source": paper["source"], "methods": {}}
     blocks, footnote = [], False
     for n_way in ways:
         cells = table1_grid([n_way])
@@ -81,9 +85,10 @@ def table1_markdown(ours: dict[str, dict[str, dict]], paper: dict | None = None,
                 footnote = footnote or bool(mark)
                 shown.append(f"{entry['value']:.1f}{mark}")
             rows.append(f"| {method} (paper) | " + " | ".join(shown) + " | - |")
-        blocks.append(f"**{n_way}-way** (accuracy %, ours with 95% Wilson interval and number of episodes)\n\n"
+        blocks.append(f"**{n_way}-way** ({metric}, ours with 95% Wilson interval and number of episodes)\n\n"
                       + "\n".join([head, rule, *rows]))
-    notes = [f"Paper numbers: {paper['source']}; '-' = not available to us (not run, or not quoted)."]
+    notes = ([f"Paper numbers: {paper['source']}; '-' = not available to us (not run, or not quoted)."] if with_paper
+             else ["'-' = not run (or not available for that method)."])
     if footnote:
         notes.append("† quoted as '1 inner shot, with task induction'; the number of repeats is not stated in the quote.")
     return "\n\n".join(blocks) + "\n\n" + "\n".join(notes) + "\n"

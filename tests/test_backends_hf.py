@@ -149,3 +149,70 @@ def test_sliding_window_model_identical(lm):
     reference = [plain_generate(model, tok, p, 6, []) for p in prompts]
     backend = HFLocalBackend(model, tok, batch_size=4, min_shared_prefix=4)
     assert backend.generate(prompts, 6, []) == reference
+
+
+def _full_forward_logprob(model, ids: list[int], n_cont: int, embeds: torch.Tensor | None = None) -> float:
+    """Reference: one forward pass over prompt + continuation, no cache, no padding."""
+    with torch.no_grad():
+        if embeds is None:
+            logits = model(torch.tensor([ids])).logits[0]
+        else:
+            logits = model(inputs_embeds=embeds[None]).logits[0]
+    logp = torch.log_softmax(logits.float(), -1)
+    start = len(ids) - n_cont
+    return sum(logp[start - 1 + k, t].item() for k, t in enumerate(ids[start:]))
+
+
+def test_choice_scores_from_the_cached_prompt_equal_full_forward_passes(lm):
+    model, tok = lm
+    prompts = _prompts(2)[:7]
+    choices = [[" red ball.", " box.", " green square dog."][: 1 + i % 3] for i in range(len(prompts))]
+    backend = HFLocalBackend(model, tok, batch_size=3, min_shared_prefix=8)
+    texts, scores = backend.generate_with_choices(prompts, choices, 6, [])
+    assert texts == [plain_generate(model, tok, p, 6, []) for p in prompts]  # the cache stays intact for decoding
+    for p, cands, got in zip(prompts, choices, scores):
+        for c, s in zip(cands, got):
+            xi = tok(c, add_special_tokens=False)["input_ids"]
+            assert s == pytest.approx(_full_forward_logprob(model, tok(p)["input_ids"] + xi, len(xi)), abs=1e-4)
+    flat = [s for row in scores for s in row]
+    assert [s for row in backend.score_choices(prompts, choices) for s in row] == pytest.approx(flat, abs=1e-5)
+    assert flat == pytest.approx(
+        backend.loglikelihood([(p, c) for p, cs in zip(prompts, choices) for c in cs]), abs=1e-4)
+
+
+def test_choice_scores_of_embedding_prompts_equal_full_forward_passes(lm):
+    model, tok = lm
+    emb = model.get_input_embeddings()
+    gen = torch.Generator().manual_seed(1)
+    prompts = [["Answer with cat or dog.\n", torch.randn(n, 64, generator=gen), " This is a"] for n in (2, 5, 3)]
+    choices = [[" cat.", " dog."]] * 3
+    scores = HFLocalBackend(model, tok, batch_size=2).score_choices(prompts, choices)
+    for p, cands, got in zip(prompts, choices, scores):
+        head = tok(p[0])["input_ids"]  # BOS + text
+        tail = tok(p[2], add_special_tokens=False)["input_ids"]
+        for c, s in zip(cands, got):
+            xi = tok(c, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                seq = torch.cat([emb(torch.tensor(head)), p[1], emb(torch.tensor(tail + xi))])
+            ids = [0] * (len(head) + p[1].shape[0] + len(tail)) + xi  # only the continuation's ids are read
+            assert s == pytest.approx(_full_forward_logprob(model, ids, len(xi), seq), abs=1e-4)
+
+
+def test_choice_scores_exact_on_a_sliding_window_model(lm):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tok = lm
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                           sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    model = Gemma3ForCausalLM(cfg).eval()
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 20))) for _ in range(5)]
+    choices = [[" red ball.", " box."]] * 5
+    scores = HFLocalBackend(model, tok, batch_size=4, min_shared_prefix=4).score_choices(prompts, choices)
+    for p, cands, got in zip(prompts, choices, scores):
+        for c, s in zip(cands, got):
+            xi = tok(c, add_special_tokens=False)["input_ids"]
+            assert s == pytest.approx(_full_forward_logprob(model, tok(p)["input_ids"] + xi, len(xi)), abs=1e-4)

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from _tiny_lm import one_thread, tiny_llama, tiny_tokenizer
-from spae.fewshot.engine import evaluate_episodes, summarize
+from spae.fewshot.engine import evaluate_episodes, summarize, summarize_choice
 from spae.fewshot.episodes import sample_episodes
 from spae.fewshot.prompts import PromptTemplate
+from spae.llm.backends import LLMBackend
 from spae.llm.dummy import DummyBackend
 from spae.llm.hf_local import HFLocalBackend
+from spae.llm.openai_http import OpenAIHTTPBackend
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "prompt"
 FROZEN = PromptTemplate.from_yaml(CONF / "frozen.yaml")
@@ -104,3 +106,44 @@ def test_embedding_images_go_through_generate_from_embeds(_one_thread):
     # the same as running each episode alone: batching does not change answers
     alone = [evaluate_episodes(backend, [e], lambda i: table[i], FROZEN)[0].generation for e in episodes]
     assert [r.generation for r in results] == alone
+
+
+class TableLoglik(DummyBackend):
+    """Generates like the dummy; log-likelihood of an answer text = a fixed score per class name."""
+
+    def __init__(self, table: dict[str, float]):
+        super().__init__()
+        self.table = table
+
+    def loglikelihood(self, pairs):
+        return [self.table[c.strip(" .")] for _, c in pairs]
+
+
+def test_constrained_choice_picks_the_class_with_the_highest_loglikelihood():
+    table = {"cat": -3.0, "dog": -1.0, "ship": -7.0, "car": -0.5, "bird": -2.0}
+    episodes = _episodes(10)
+    results = evaluate_episodes(TableLoglik(table), episodes, informative, FROZEN, choice=True)
+    for r, e in zip(results, episodes):
+        assert r.scores == {c: table[c] for c in e.classes}
+        assert r.choice == max(e.classes, key=table.get)
+        assert r.choice_correct == (r.choice == e.answer)
+        assert r.correct and r.answer == e.answer  # the headline is still the generated answer, untouched
+    assert summarize_choice(results)["accuracy"] == sum(r.choice == r.target for r in results) / 10 < 1.0
+
+
+def test_constrained_choice_unavailable_is_reported_with_its_reason_never_silently():
+    class GenerateOnly(LLMBackend):
+        name = "generate-only"
+
+        def generate(self, prompts, max_new_tokens, stop):
+            return DummyBackend().generate(prompts, max_new_tokens, stop)
+
+    results = evaluate_episodes(GenerateOnly(), _episodes(4), informative, FROZEN, choice=True)
+    assert all(r.choice_correct is None and "does not score log-likelihoods" in r.choice_unavailable for r in results)
+    assert summarize(results)["accuracy"] == 1.0
+    summary = summarize_choice(results)
+    assert summary["n"] == 0 and "does not score log-likelihoods" in summary["unavailable"]
+    http = OpenAIHTTPBackend(model_id="m")
+    assert "given continuations" in http.choice_scoring_unavailable()
+    with pytest.raises(ValueError, match="given continuations"):
+        evaluate_episodes(http, _episodes(2), informative, FROZEN, scoring="rank_loglik")

@@ -225,3 +225,54 @@ def test_render_images_batches_and_keeps_order():
     assert [s[0] for s in seen] == [4, 4, 2] and seen[0][1:] == (3, 16, 16)
     assert out == [[f"v{int(round(v / 255 * 10))}"] for v in range(0, 250, 25)]
     assert tokens_per_image([["a"], ["b", "c"]]) == 3 and tokens_per_image(torch.zeros(2, 8)) == 2
+
+
+class WrongWordsRightRanking(DummyBackend):
+    """Generates a word that is never a class (exact match 0) while its log-likelihoods rank the dummy's
+    answer first (constrained choice = the dummy's nearest-neighbour accuracy): the two metrics differ."""
+
+    def generate(self, prompts, max_new_tokens, stop):
+        return [" zzz" for _ in prompts]
+
+
+def test_results_carry_both_metrics_with_their_labels_and_never_swap_them(stage_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(fe, "build_llm", lambda cfg: WrongWordsRightRanking())
+    results = json.loads(execute(stage_env()).read_text())
+    metrics = results["metrics"]["fewshot_eval"]
+    choice_accuracies = []
+    for per_cell in metrics.values():
+        for key, m in per_cell.items():
+            if key == "average":
+                continue
+            assert m["accuracy"] == 0.0 and m["paper_protocol"] is True and "paper's protocol" in m["metric"]
+            assert m["metric"].startswith("exact match") and "not the paper" not in m["metric"].lower()
+            c = m["constrained_choice"]
+            assert c["paper_protocol"] is False and "NOT the paper's protocol" in c["metric"]
+            assert c["normalisation"] == "total_logprob" and c["episodes"] == m["episodes"] == 12
+            assert c["ci95_low"] <= c["accuracy"] <= c["ci95_high"]
+            choice_accuracies.append(c["accuracy"])
+    assert max(choice_accuracies) > 0.0  # the ranking read the prompts: not the (all-wrong) generations
+    md = next((tmp_path / "runs").rglob("results.md")).read_text()
+    headline, rest = md.split("Not the paper's protocol: constrained choice", 1)
+    assert "| SPAE_PaLM (paper) |" in headline and "(paper)" not in rest.split("Answers that are")[0]
+    row = next(line for line in headline.splitlines() if line.startswith("| SPAE (2 tokens, layers 1-2) (ours)"))
+    assert row.count("0.0 [0.0, ") == 2  # 2-way: no-induction and induction 1-shot, both all wrong
+    choice_row = next(line for line in rest.splitlines() if line.startswith("| SPAE (2 tokens, layers 1-2) (ours)"))
+    spae = metrics["SPAE (2 tokens, layers 1-2)"]["2way-ti-1shot-0rep"]["constrained_choice"]
+    assert f"{100 * spae['accuracy']:.1f} [" in choice_row
+
+
+def test_a_backend_without_loglikelihoods_reports_the_choice_as_unavailable(stage_env, tmp_path, monkeypatch):
+    class NoScores(DummyBackend):
+        def choice_scoring_unavailable(self, with_embeddings=False):
+            return "this server cannot score given continuations"
+
+    monkeypatch.setattr(fe, "build_llm", lambda cfg: NoScores())
+    metrics = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
+    for per_cell in metrics.values():
+        for key, m in per_cell.items():
+            if key != "average":
+                assert m["constrained_choice"]["unavailable"] == "this server cannot score given continuations"
+                assert "accuracy" not in m["constrained_choice"] and m["episodes"] == 12
+    md = next((tmp_path / "runs").rglob("results.md")).read_text()
+    assert "Constrained choice unavailable for SPAE (2 tokens, layers 1-2): this server cannot" in md

@@ -144,3 +144,19 @@ def test_wandb_offline_run_gets_tables_and_charts(runs, tmp_path, monkeypatch):
     assert out in run_dir.parents
     offline = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert offline and offline[0].stat().st_size > 0
+
+
+def test_constrained_choice_gets_its_own_labelled_row_beside_the_exact_match_row(tmp_path):
+    metrics = fewshot_metrics(0.2, 0.1)
+    for key, acc in (("2way-ti-1shot-0rep", 0.9), ("5way-ti-1shot-0rep", 0.7)):
+        metrics["SPAE (5 tokens, layers 1-2)"][key]["constrained_choice"] = {
+            "accuracy": acc, "ci95_low": acc - 0.1, "ci95_high": acc + 0.05, "episodes": 10, "paper_protocol": False}
+    write_run(tmp_path / "outputs", "run", {}, {"fewshot_eval": metrics})
+    out = tmp_path / "report"
+    build_report([str(tmp_path / "outputs")], out)
+    t1 = (out / "table1.md").read_text()
+    exact = next(line for line in t1.splitlines() if line.startswith("| SPAE (5 tokens, layers 1-2) (ours)"))
+    choice = next(line for line in t1.splitlines()
+                  if line.startswith("| SPAE (5 tokens, layers 1-2) [constrained choice, NOT the paper's protocol]"))
+    assert "20.0 [10.0, 30.0] (n=10)" in exact and "10.0 [" in exact
+    assert "90.0 [80.0, 95.0] (n=10)" in choice and "70.0 [60.0, 75.0] (n=10)" in choice

@@ -187,7 +187,8 @@ def record_dirs(ctx: StageContext, methods: list, trained: dict[str, StageResult
 
 
 def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, list], template, scoring: str,
-                     out_dirs: dict[str, Path], chunk_size: int = 16) -> dict[str, dict[str, dict]]:
+                     out_dirs: dict[str, Path], chunk_size: int = 16, choice: bool = True
+                     ) -> dict[str, dict[str, dict]]:
     """Every method on every cell's episodes. Returns {slug: {cell key: {"results", "seconds", "new"}}}.
 
     Per (method, cell) the episodes' prompts and answers go to <out_dirs[slug]>/<cell key>.jsonl; a rerun
@@ -208,7 +209,7 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
                 bar.set_postfix_str(f"{slug} {cell_key}")
                 # one file per (cell, template, scoring): its episodes are a prefix-stable list, so the
                 # finished lines are exactly the first episodes of any request
-                tag = f"{cell_key}-{name}-{scoring}-{stable_hash(asdict(template), 8)}"
+                tag = f"{cell_key}-{name}-{scoring}{'-choice' if choice else ''}-{stable_hash(asdict(template), 8)}"
                 path = Path(out_dirs[slug]) / f"{tag}.jsonl"
                 with file_lock(path.with_suffix(".lock")):
                     before = min(_finished_lines(path), len(eps))
@@ -222,7 +223,7 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
                     start = time.perf_counter()
                     results = evaluate_episodes(backend, eps, rendered.__getitem__, template, scoring=scoring,
                                                 jsonl_path=path, resume=True, chunk_size=chunk_size,
-                                                progress=progress)
+                                                progress=progress, choice=choice)
                 bar.update(len(eps) - seen[0])
                 out[slug][cell_key] = {"results": results, "seconds": time.perf_counter() - start,
                                        "new": len(eps) - before, "records": path}
@@ -235,41 +236,62 @@ def _finished_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n")
 
 
-def cell_metrics(results: list) -> dict:
-    from spae.fewshot.engine import summarize
-
-    from spae.fewshot.scoring import answered_a_class
+def cell_metrics(results: list, scoring: str = "exact", choice: bool = True) -> dict:
+    """The headline (accuracy under the run's scoring; exact match = the paper's protocol) and, under
+    "constrained_choice", the log-likelihood ranking over the episode's classes (not the paper's protocol)."""
+    from spae.fewshot.engine import summarize, summarize_choice
+    from spae.fewshot.scoring import CHOICE_LABEL, CHOICE_NORMALISATION, SCORINGS, answered_a_class
 
     s = summarize(results)
     in_label_set = [answered_a_class(r.answer, r.classes) for r in results]
     named = [r.correct for r, inside in zip(results, in_label_set) if inside]
-    return {"accuracy": s["accuracy"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"], "episodes": s["n"],
-            "answer_is_a_class": sum(in_label_set) / len(results) if results else float("nan"),
-            # diagnostic, not the paper's metric: how often a class-naming answer names the right class
-            "accuracy_when_a_class": sum(named) / len(named) if named else float("nan")}
+    out = {"accuracy": s["accuracy"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"], "episodes": s["n"],
+           "metric": SCORINGS[scoring], "paper_protocol": scoring == "exact",
+           "answer_is_a_class": sum(in_label_set) / len(results) if results else float("nan"),
+           # diagnostic, not the paper's metric: how often a class-naming answer names the right class
+           "accuracy_when_a_class": sum(named) / len(named) if named else float("nan")}
+    if choice:
+        c = summarize_choice(results)
+        out["constrained_choice"] = (
+            {"unavailable": c["unavailable"], "metric": CHOICE_LABEL, "paper_protocol": False} if "unavailable" in c
+            else {"accuracy": c["accuracy"], "ci95_low": c["ci_low"], "ci95_high": c["ci_high"], "episodes": c["n"],
+                  "metric": CHOICE_LABEL, "normalisation": CHOICE_NORMALISATION, "paper_protocol": False})
+    return out
 
 
 def mean_accuracy(per_cell: dict[str, dict]) -> float:
-    values = [v["accuracy"] for v in per_cell.values() if v["episodes"]]
+    values = [v["accuracy"] for v in per_cell.values() if v.get("episodes")]
     return math.fsum(values) / len(values) if values else float("nan")
 
 
-def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained: dict) -> tuple:
-    """(metrics, per-cell summaries for the table, what each method is, timing), keyed by display label."""
-    from spae.fewshot.engine import summarize
+def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained: dict, scoring: str = "exact",
+                      choice: bool = True) -> tuple:
+    """(metrics, per-cell summaries for the tables {"headline", "choice"}, what each method is, timing), keyed
+    by display label."""
+    from spae.fewshot.engine import summarize, summarize_choice
     from spae.fewshot.methods import tokens_per_image
 
-    metrics, for_table, methods_info, per_method_timing = {}, {}, {}, {}
+    metrics, for_table, methods_info, per_method_timing = {}, {"headline": {}, "choice": {}}, {}, {}
     for m in methods:
         first = next(iter(renderings[m.slug].values()))
         label = m.display_label(tokens_per_image(first))
-        per_cell = {key: cell_metrics(r["results"]) for key, r in evaluated[m.slug].items()}
-        metrics[label] = {**per_cell, "average": {"accuracy": mean_accuracy(per_cell), "cells": len(per_cell)}}
-        for_table[label] = {key: summarize(r["results"]) for key, r in evaluated[m.slug].items()}
+        per_cell = {key: cell_metrics(r["results"], scoring, choice) for key, r in evaluated[m.slug].items()}
+        average = {"accuracy": mean_accuracy(per_cell), "cells": len(per_cell)}
+        if choice:
+            average["constrained_choice"] = {"accuracy": mean_accuracy(
+                {k: v["constrained_choice"] for k, v in per_cell.items()}), "cells": len(per_cell)}
+        metrics[label] = {**per_cell, "average": average}
+        for_table["headline"][label] = {key: summarize(r["results"]) for key, r in evaluated[m.slug].items()}
+        if choice:
+            for_table["choice"][label] = {key: summarize_choice(r["results"]) for key, r in evaluated[m.slug].items()}
         new = sum(r["new"] for r in evaluated[m.slug].values())
         seconds = sum(r["seconds"] for r in evaluated[m.slug].values())
         per_method_timing[label] = {"seconds": round(seconds, 2), "episodes_run": new,
-                                    "seconds_per_episode": round(seconds / new, 3) if new else None}
+                                    "seconds_per_episode": round(seconds / new, 3) if new else None,
+                                    "per_cell": {key: {"seconds": round(r["seconds"], 2), "episodes_run": r["new"],
+                                                       "seconds_per_episode": (round(r["seconds"] / r["new"], 3)
+                                                                               if r["new"] else None)}
+                                                 for key, r in evaluated[m.slug].items()}}
         methods_info[label] = {"slug": m.slug, "method": m.method, "layers": m.layers, "k": m.k,
                                "tokens_per_image": tokens_per_image(first),
                                "model_stage": (f"{trained[m.model].name}/{trained[m.model].key}"
@@ -332,6 +354,25 @@ def label_set_markdown(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def choice_markdown(choice: dict[str, dict[str, dict]]) -> list[str]:
+    """The constrained-choice tables, labelled as not the paper's protocol, without the paper's rows; methods
+    whose backend cannot score log-likelihoods are named with the reason."""
+    from benchmarks.fewshot import table1_markdown
+    from spae.fewshot.scoring import CHOICE_LABEL
+
+    shown = {m: cells for m, cells in choice.items() if not any("unavailable" in v for v in cells.values())}
+    lines = [f"**Not the paper's protocol: {CHOICE_LABEL}.** It shows what the image tokens carry when the "
+             "answer is constrained to the episode's classes; the paper's numbers are not comparable to it.", ""]
+    if shown:
+        lines += [table1_markdown(shown, metric="constrained-choice accuracy %, NOT the paper's protocol",
+                                  with_paper=False).rstrip(), ""]
+    for method, cells in choice.items():
+        reasons = sorted({v["unavailable"] for v in cells.values() if "unavailable" in v})
+        if reasons:
+            lines += [f"Constrained choice unavailable for {method}: {'; '.join(reasons)}.", ""]
+    return lines
+
+
 def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fairness: dict, timing: dict,
                     template_name: str, scoring: str, n_episodes: int, llm: dict, metrics: dict | None = None
                     ) -> str:
@@ -350,7 +391,9 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
         lines += ["Not the paper's setup, stand-ins: " + "; ".join(stand_ins) + ".", ""]
     lines += [f"LLM: {llm.get('name')} through {llm.get('backend')}. Prompt `{template_name}`, scoring `{scoring}`: {SCORINGS[scoring]}. {n_episodes} episodes per cell (or the cell's own count), "
               "the same episodes for every method.", ""]
-    lines += [table1_markdown(metrics_for_table).rstrip(), ""]
+    lines += [f"**Headline: {SCORINGS[scoring]}.**", "", table1_markdown(metrics_for_table["headline"]).rstrip(), ""]
+    if metrics_for_table.get("choice"):
+        lines += choice_markdown(metrics_for_table["choice"])
     if metrics:
         lines += [label_set_markdown(metrics), ""]
     lines += ["| method | tokens per image | model | seconds per episode |", "|---|---:|---|---:|"]
@@ -364,7 +407,7 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 
 
 # ------------------------------------------------------------------------------------------ the stage
-@stage("fewshot_eval", deps=("data", "codebook", "clip"), version=3,  # 3: image words keep their leading space
+@stage("fewshot_eval", deps=("data", "codebook", "clip"), version=4,  # 3: leading space; 4: choice metric
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
     from spae.data import load_prepared
@@ -410,26 +453,52 @@ def fewshot_eval(ctx: StageContext) -> dict:
     start = time.perf_counter()
     backend = build_llm(cfg)
     timing["llm_load_seconds"] = round(time.perf_counter() - start, 2)
+    choice = bool(bench.get("choice_metric", True))
     evaluated = evaluate_methods(backend, renderings, episodes, template, scoring, record_dirs(ctx, methods, trained),
-                                 int(bench.get("chunk_size", 32)))
+                                 int(bench.get("chunk_size", 32)), choice=choice)
 
-    metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained)
+    metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained,
+                                                                            scoring, choice)
     fairness = fairness_report(ctx.input_dir("data"), cfg, images, sorted(set(label_names)),
                                bench.get("fairness_max_images"))
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
     if ctx.logger is not None:
-        rows = [[label, key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"], v["answer_is_a_class"]]
+        rows = [[label, key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"], v["answer_is_a_class"],
+                 (v.get("constrained_choice") or {}).get("accuracy")]
                 for label, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
-        ctx.logger.log_table("fewshot/accuracy", ["method", "cell", "accuracy", "ci95_low", "ci95_high", "episodes",
-                                                  "answer_is_a_class"],
+        ctx.logger.log_table("fewshot/accuracy", ["method", "cell", "accuracy (exact match, paper's protocol)",
+                                                  "ci95_low", "ci95_high", "episodes", "answer_is_a_class",
+                                                  "constrained-choice accuracy (not the paper's protocol)"],
                              rows)
-        ctx.logger.log_metrics({"fewshot": metrics})
-    return {"metrics": metrics, "markdown": markdown, "fairness": fairness, "methods": methods_info,
+        ctx.logger.log_metrics({"fewshot": _numbers_only(metrics)})
+    return {"metrics": metrics, "metric_labels": metric_labels(scoring, choice), "markdown": markdown,
+            "fairness": fairness, "methods": methods_info,
             "timing": {**timing, "per_method": per_method_timing}, "prompt": template.name, "scoring": scoring,
             "episodes_per_cell": n_episodes, "episode_seed": seed, "cells": [c.key for c in cells],
             "llm": backend.describe(), "records": copied}
+
+
+def metric_labels(scoring: str, choice: bool) -> dict:
+    """What each reported number is, for results.json readers: the headline and the constrained choice."""
+    from spae.fewshot.scoring import CHOICE_LABEL, SCORINGS
+
+    labels = {"accuracy": SCORINGS[scoring]}
+    if choice:
+        labels["constrained_choice"] = CHOICE_LABEL
+    return labels
+
+
+def _numbers_only(tree: dict) -> dict:
+    """The numeric leaves of a nested dict (the metric labels stay in results.json, out of the metric logs)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out[key] = _numbers_only(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
 
 
 def copy_records(evaluated: dict[str, dict[str, dict]], dst: Path) -> list[str]:

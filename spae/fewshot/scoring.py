@@ -20,6 +20,12 @@ SCORINGS = {
     "rank_loglik": "class names ranked by log-likelihood (constrained; not the paper's protocol)",
 }
 
+# The constrained-choice metric recorded beside every run's headline (spae.fewshot.engine, choice=True).
+CHOICE_NORMALISATION = "total_logprob"  # sum of the answer text's token log-probs (the standard; no length norm)
+CHOICE_LABEL = ("constrained choice, NOT the paper's protocol: the LLM's ranking of the episode's class names by "
+                "the total log-probability (summed over tokens, not length-normalised) of the answer text "
+                "(the template's answer: ' <class name>' and its terminator, e.g. '.') after the prompt")
+
 _SPACE = re.compile(r"\s+")
 
 

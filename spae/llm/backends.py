@@ -31,6 +31,10 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class ChoiceScoringUnavailable(NotImplementedError):
+    """The backend cannot rank given continuations by log-likelihood (the reason is the message)."""
+
+
 class LLMBackend(ABC):
     """Greedy text generation (required) and log-likelihood scoring (optional)."""
 
@@ -50,6 +54,37 @@ class LLMBackend(ABC):
         """Like generate, but each prompt is a list of text pieces and FloatTensor[n, D] input embeddings."""
         raise NotImplementedError(f"backend {self.name!r} cannot take input embeddings (prefix methods such "
                                   "as Frozen need a local model: llm.backend=hf_local)")
+
+    # ---------------------------------------------------------------- constrained choice
+    def choice_scoring_unavailable(self, with_embeddings: bool = False) -> str | None:
+        """None when score_choices works for such prompts; else why not (recorded beside the results)."""
+        if type(self).score_choices is LLMBackend.score_choices and \
+                type(self).loglikelihood is LLMBackend.loglikelihood:
+            return f"backend {self.name!r} does not score log-likelihoods of given continuations"
+        if with_embeddings and type(self).score_choices is LLMBackend.score_choices:
+            return f"backend {self.name!r} cannot score continuations of input-embedding prompts"
+        return None
+
+    def score_choices(self, prompts: list, choices: list[list[str]]) -> list[list[float]]:
+        """Total log-probability (natural log, summed over tokens, not length-normalised) of each of a prompt's
+        candidate continuations. prompts: str, or lists of segments (str | FloatTensor[n, D]).
+        The default scores (prompt, continuation) pairs with loglikelihood (text prompts only)."""
+        reason = self.choice_scoring_unavailable(any(not isinstance(p, str) for p in prompts))
+        if reason:
+            raise ChoiceScoringUnavailable(reason)
+        flat = iter(self.loglikelihood([(p, c) for p, cs in zip(prompts, choices) for c in cs]))
+        return [[next(flat) for _ in cs] for cs in choices]
+
+    def generate_with_choices(self, prompts: list, choices: list[list[str]], max_new_tokens: int,
+                              stop: list[str]) -> tuple[list[str], list[list[float]]]:
+        """Greedy answers and candidate scores of the same prompts. Backends that can run a prompt once for
+        both (hf_local: one prefill, the candidates scored from its KV cache) override this."""
+        if all(isinstance(p, str) for p in prompts):
+            texts = self.generate(prompts, max_new_tokens, stop)
+        else:
+            texts = self.generate_from_embeds([p if isinstance(p, list) else [p] for p in prompts],
+                                              max_new_tokens, stop)
+        return texts, self.score_choices(prompts, choices)
 
     def describe(self) -> dict[str, Any]:
         """What to record in results.json about the model used (never secrets)."""

@@ -107,20 +107,52 @@ class HFLocalBackend(LLMBackend):
     # ---------------------------------------------------------------- public API
     @torch.inference_mode()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+        return self._generate_text(prompts, max_new_tokens, stop, None)[0]
+
+    def choice_scoring_unavailable(self, with_embeddings: bool = False) -> str | None:
+        return None
+
+    @torch.inference_mode()
+    def score_choices(self, prompts: list, choices: list[list[str]]) -> list[list[float]]:
+        """Each prompt is run once; its candidates are scored from its KV cache (no decoding)."""
+        return self.generate_with_choices(prompts, choices, 0, [])[1]
+
+    @torch.inference_mode()
+    def generate_with_choices(self, prompts: list, choices: list[list[str]], max_new_tokens: int,
+                              stop: list[str]) -> tuple[list[str], list[list[float]]]:
+        """One prefill per prompt serves both: the greedy answer is decoded from it, and every candidate
+        continuation is scored from a row-selected view of its KV cache, all candidates of a batch at once.
+        Scores: total log-probability (natural log) of the candidate's tokens, tokenized without special tokens."""
+        if len(choices) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(choices)} candidate lists")
+        choice_ids = [[self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
+        if all(isinstance(p, str) for p in prompts):
+            return self._generate_text(prompts, max_new_tokens, stop, choice_ids)
+        segments = [p if isinstance(p, list) else [p] for p in prompts]
+        return self._generate_embeds(segments, max_new_tokens, stop, choice_ids)
+
+    def _generate_text(self, prompts: list[str], max_new_tokens: int, stop: list[str],
+                       choice_ids: list[list[list[int]]] | None) -> tuple[list[str], list[list[float]]]:
         tokens = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         for i, t in enumerate(tokens):
             if not t:
                 raise ValueError(f"prompt {i} tokenizes to nothing; give a non-empty prompt")
         out: list[str] = [""] * len(prompts)
+        scores: list[list[float]] = [[] for _ in prompts]
+        reach = max(max_new_tokens, _longest(choice_ids))
         for group in self._groups(tokens, [0] * len(tokens)):
             prefix_cache = self._prefix_cache(tokens[group.rows[0]][: group.prefix_len])
-            for chunk in self._chunks(group, tokens, max_new_tokens):
+            for chunk in self._chunks(group, tokens, reach):
                 suffixes = [tokens[i][group.prefix_len:] for i in chunk]
                 logits, cache, mask = self._prefill_ids(suffixes, prefix_cache, group.prefix_len, keep=1)
+                if choice_ids is not None:
+                    chunk_scores = self._score_from_cache(logits[:, -1], cache, mask, [choice_ids[i] for i in chunk])
+                    for i, s in zip(chunk, chunk_scores):
+                        scores[i] = s
                 texts = self._decode(logits[:, -1], cache, mask, max_new_tokens, stop)
                 for i, text in zip(chunk, texts):
                     out[i] = text
-        return out
+        return out, scores
 
     @torch.inference_mode()
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
@@ -153,12 +185,57 @@ class HFLocalBackend(LLMBackend):
     @torch.inference_mode()
     def generate_from_embeds(self, prompts: list[list[Segment]], max_new_tokens: int,
                              stop: list[str]) -> list[str]:
+        return self._generate_embeds(prompts, max_new_tokens, stop, None)[0]
+
+    def _generate_embeds(self, prompts: list[list[Segment]], max_new_tokens: int, stop: list[str],
+                         choice_ids: list[list[list[int]]] | None) -> tuple[list[str], list[list[float]]]:
         embeds = [self._embed_segments(p) for p in prompts]
         out: list[str] = []
+        scores: list[list[float]] = []
         for chunk in _split(list(range(len(prompts))), self.batch_size):
             logits, cache, mask = self._prefill_embeds([embeds[i] for i in chunk])
+            if choice_ids is not None:
+                scores.extend(self._score_from_cache(logits[:, -1], cache, mask, [choice_ids[i] for i in chunk]))
             out.extend(self._decode(logits[:, -1], cache, mask, max_new_tokens, stop))
-        return out
+        return out, (scores or [[] for _ in prompts])
+
+    def _score_from_cache(self, first_logits: torch.Tensor, cache, mask: torch.Tensor,
+                          choice_ids: list[list[list[int]]]) -> list[list[float]]:
+        """Total log-probability of each row's candidate token lists after that row's prompt.
+
+        first_logits [B, V] predict every candidate's first token. The later tokens run in batches of at most
+        batch_size candidate rows over a row-selected view of the prompt's cache (right-padded: padding after
+        a candidate's tokens cannot change them), at positions continuing each prompt. `cache` is left intact
+        for decoding.
+        """
+        logp_first = torch.log_softmax(first_logits.float(), dim=-1)
+        flat = [(row, k, ids) for row, cands in enumerate(choice_ids) for k, ids in enumerate(cands)]
+        scores = [[0.0] * len(cands) for cands in choice_ids]
+        for row, k, ids in flat:
+            if ids:
+                scores[row][k] = float(logp_first[row, ids[0]])
+        longer = [f for f in flat if len(f[2]) > 1]
+        for part in _split(list(range(len(longer))), self.batch_size):
+            rows = [longer[j][0] for j in part]
+            cands = [longer[j][2] for j in part]
+            width = max(len(c) for c in cands) - 1  # the last token is predicted, never fed
+            ids = torch.full((len(part), width), self.pad_id, dtype=torch.long)
+            cand_mask = torch.zeros((len(part), width), dtype=torch.long)
+            for r, c in enumerate(cands):
+                ids[r, : len(c) - 1] = torch.tensor(c[:-1])
+                cand_mask[r, : len(c) - 1] = 1
+            index = torch.tensor(rows, device=self.device)
+            prompt_mask = mask[index]
+            full_mask = torch.cat([prompt_mask, cand_mask.to(self.device)], dim=1)
+            positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=self.device)[None]
+            out = self.model(input_ids=ids.to(self.device), attention_mask=full_mask, position_ids=positions,
+                             cache=_rows_view(cache, index), use_cache=True, logits_to_keep=0)
+            logp = torch.log_softmax(out.logits.float(), dim=-1)
+            for r, j in enumerate(part):
+                row, k, c = longer[j]
+                target = torch.tensor(c[1:], device=logp.device)
+                scores[row][k] += float(logp[r, : len(c) - 1].gather(-1, target[:, None]).sum())
+        return scores
 
     # ---------------------------------------------------------------- planning
     def _groups(self, tokens: list[list[int]], reserve: list[int]) -> list[_Group]:
@@ -281,6 +358,20 @@ class HFLocalBackend(LLMBackend):
             return False
         text = self._text(ids)
         return any(s and s in text for s in stop)
+
+
+def _longest(choice_ids: list[list[list[int]]] | None) -> int:
+    return max((len(ids) for cands in choice_ids or [] for ids in cands), default=0)
+
+
+def _rows_view(cache, index: torch.Tensor):
+    """A cache holding the given rows (repeats allowed) of `cache`, which stays untouched: the layer objects are
+    copied shallowly and their batch selection rebinds (never writes into) the key/value tensors; updates
+    during the forward pass also rebind (torch.cat), so the prompt's cache stays pristine for decoding."""
+    view = copy.copy(cache)
+    view.layers = [copy.copy(layer) for layer in cache.layers]
+    view.batch_select_indices(index)
+    return view
 
 
 def _split(rows: list[int], size: int) -> list[list[int]]:

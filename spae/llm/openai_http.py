@@ -69,6 +69,12 @@ class OpenAIHTTPBackend(LLMBackend):
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda p: self._generate_one(base_url, key, p, max_new_tokens, stop), prompts))
 
+    def choice_scoring_unavailable(self, with_embeddings: bool = False) -> str | None:
+        return ("the OpenAI-compatible API returns log-probabilities of the tokens the server generates, not of "
+                "given continuations (scoring a prompt's text through `echo` + `logprobs` is not part of the API "
+                "and most servers refuse it), so the constrained-choice ranking cannot be computed; use a local "
+                "model (llm.backend=hf_local) for it")
+
     # ---------------------------------------------------------------- requests
     def _endpoint(self) -> tuple[str, str | None]:
         base_url = os.environ.get(self.base_url_env, "").strip()
