@@ -52,7 +52,7 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
     assert prefix_embeddings(encoder, [Image.new("L", (28, 28))]).shape == (1, 2, 32)
 
     again = json.loads(execute(compose(overrides(tmp_path, fm, llm_dir))).read_text())
-    assert again["stages_reused"] == ["data", "frozen_train"]
+    assert again["stages_reused"] == ["eval_data", "frozen_train", "pretrain_data"]
 
 
 def test_frozen_train_refuses_other_methods_and_remote_llms():

@@ -41,7 +41,8 @@ def stage_inputs(tmp_path, monkeypatch):
         "bench": {"recon": {"roles": ["classification"], "batch_size": 5, "word_examples": 3, "grid_images": 4}},
         "paths": {"cache_dir": str(tmp_path / "cache")},
     }
-    inputs = {"data": StageResult("data", "k", data_dir, {}, True, 0.0),
+    inputs = {"pretrain_data": StageResult("pretrain_data", "k", data_dir, {}, True, 0.0),
+              "eval_data": StageResult("eval_data", "k", data_dir, {}, True, 0.0),
               "codebook": StageResult("codebook", "k", cb_dir, {}, True, 0.0),
               "clip": StageResult("clip", "k", tmp_path / "clip", {}, True, 0.0)}
     return cfg, inputs, tmp_path
