@@ -42,6 +42,8 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
     for key in ("heldout_loss_before", "heldout_loss_after", "heldout_caption_names_class"):
         assert set(metrics[key]) == {"all", "classification/fashion_mnist"}
     assert 0.0 <= metrics["heldout_caption_names_class"]["all"] <= 1.0
+    # what the run read is in results.json whatever the bench's targets, images per class included
+    assert results["metrics"]["pretrain_data"]["pretrain/fashion_mnist"]["images_per_class"]["t-shirt"] == 3
 
     (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
