@@ -77,7 +77,7 @@ def _relative(path: Path, root: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ scanning
 
-def _entries(folder: Path, scan: FolderScan, seen: set, extensions: frozenset[str]) -> tuple[list, list]:
+def _entries(folder: Path, scan: FolderScan, extensions: frozenset[str]) -> tuple[list, list]:
     """(sub-folders, image files) directly in `folder`, links followed; the rest recorded as skipped."""
     folders, files = [], []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
@@ -113,7 +113,7 @@ def _images_below(folder: Path, scan: FolderScan, seen: set, extensions: frozens
     stack = [folder]
     while stack:
         current = stack.pop()
-        subfolders, files = _entries(current, scan, seen, extensions)
+        subfolders, files = _entries(current, scan, extensions)
         found.extend(files)
         stack.extend(sub for sub in reversed(subfolders) if _visit(sub, scan, seen))
     return sorted(found, key=lambda p: _relative(p, scan.root))
@@ -124,7 +124,7 @@ def scan_classes(folder: Path, root: Path | None = None, extensions: frozenset[s
     extensions = extensions or image_extensions()
     scan = FolderScan(root or folder)
     seen = {folder.resolve()}
-    subfolders, loose = _entries(folder, scan, seen, extensions)
+    subfolders, loose = _entries(folder, scan, extensions)
     for sub in subfolders:
         if not _visit(sub, scan, seen):
             continue
