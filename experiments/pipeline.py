@@ -5,7 +5,10 @@ that affect them (audiocraft's "config-derived identity" idea, applied per stage
 
 A stage declares the config paths it reads and the stages it needs. Its key hashes those config values
 and the keys of its dependencies, so changing a knob recomputes that stage and everything downstream,
-and nothing upstream. A stage writes into a stable folder (so an interrupted stage can resume from its
+and nothing upstream. A training stage may also read a stage only for a sanity report in its summary
+(`report_deps`, e.g. Frozen's caption check on the evaluation sets): that stage runs first, but its key stays
+out of the training stage's key, so a new evaluation set reuses the trained model (the report names the
+sets it was measured on). A stage writes into a stable folder (so an interrupted stage can resume from its
 own checkpoints) and is complete only when its `_SUCCESS.json` marker exists (written atomically last).
 """
 from __future__ import annotations
@@ -34,6 +37,11 @@ class StageSpec:
     config_keys: tuple[str, ...] = ()
     version: int = 1  # bump when the stage's code changes what it produces
     distributed: bool = False  # trains with the Lightning Trainer: every DDP rank must take part (see worker_rank)
+    report_deps: tuple[str, ...] = ()  # read for a summary report only: run first, not part of the key
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.deps + tuple(d for d in self.report_deps if d not in self.deps)
 
 
 @dataclass
@@ -62,11 +70,12 @@ STAGES: Registry[StageSpec] = Registry("stage")
 
 
 def stage(name: str, deps: tuple[str, ...] = (), config_keys: tuple[str, ...] = (), version: int = 1,
-          distributed: bool = False):
+          distributed: bool = False, report_deps: tuple[str, ...] = ()):
     """Decorator that registers a stage function."""
 
     def decorator(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
-        STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version, distributed))
+        STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version, distributed,
+                                            tuple(report_deps)))
         return fn
 
     return decorator
@@ -93,7 +102,7 @@ def resolve_order(targets: list[str]) -> list[str]:
         if name in visiting:
             raise ValueError(f"stage dependency cycle through {name!r}")
         visiting.add(name)
-        for dep in STAGES.get(name).deps:
+        for dep in STAGES.get(name).inputs:
             visit(dep)
         visiting.discard(name)
         order.append(name)
@@ -165,7 +174,7 @@ def _run_as_worker(spec, key, out_dir, cfg, run_dir, results, logger) -> StageRe
         return StageResult(spec.name, key, out_dir, read_json(marker)["summary"], True, 0.0)
     if not spec.distributed and not _started_by_lightning():
         return None
-    ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir, inputs={d: results[d] for d in spec.deps},
+    ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir, inputs={d: results[d] for d in spec.inputs},
                        logger=None)
     start = time.perf_counter()
     summary = spec.fn(ctx) or {}
@@ -200,7 +209,7 @@ def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageR
         out_dir.mkdir(parents=True, exist_ok=True)
         log.info("stage %-12s running -> %s", spec.name, out_dir)
         ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir,
-                           inputs={d: results[d] for d in spec.deps}, logger=logger)
+                           inputs={d: results[d] for d in spec.inputs}, logger=logger)
         start = time.perf_counter()
         summary = spec.fn(ctx) or {}
         seconds = time.perf_counter() - start

@@ -27,6 +27,7 @@ log = logging.getLogger("experiments.run")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config parts that change where things go or how they are shown, not what is computed.
 NON_IDENTITY_KEYS = ("paths", "logger", "force")
+DATA_STAGES = ("pretrain_data", "eval_data")  # their metrics go into every results.json
 
 
 class ConfigError(UserError, ValueError):
@@ -202,6 +203,9 @@ def execute(cfg: DictConfig) -> Path:
             metrics[name] = summary.get("metrics", {})
             if summary.get("markdown"):
                 markdown.append(summary["markdown"])
+        for name in DATA_STAGES:  # what every bench read (rows, classes, images per class), whatever its targets
+            if name in results and name not in metrics:
+                metrics[name] = results[name].summary.get("metrics", {})
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
         payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,

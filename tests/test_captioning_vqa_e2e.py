@@ -45,7 +45,7 @@ def test_captioning_and_vqa_benches_with_real_tiny_models(tmp_path):
     frozen = next(v for k, v in metrics["methods"].items() if k.startswith("Frozen"))
     assert -1 <= frozen["clip_score"] <= 1
     vqa = json.loads(execute(cfg("vqa")).read_text())
-    assert {"clip", "codebook", "data"} <= set(vqa["stages_reused"])
+    assert {"clip", "codebook", "pretrain_data", "eval_data"} <= set(vqa["stages_reused"])
     success = next((tmp_path / "cache" / "stages" / "vqa_eval").glob("*/_SUCCESS.json"))
     info = json.loads(success.read_text())["summary"]["methods"]
     assert all(m["model_reused"] for m in info.values() if m["model_stage"])  # the captioning bench trained them

@@ -1,4 +1,4 @@
-"""The `data` stage end to end through experiments.run.execute, on tiny local files."""
+"""The `pretrain_data` and `eval_data` stages end to end through experiments.run.execute, on tiny local files."""
 from __future__ import annotations
 
 import json
@@ -24,25 +24,32 @@ def test_data_stage_prepares_saves_and_reuses(tmp_path):
     folder = tiny_imagefolder(tmp_path / "imgs")
     results_path = execute(compose(_overrides(tmp_path, fm, folder)))
     results = json.loads(results_path.read_text())
-    metrics = results["metrics"]["data"]
-    assert metrics["pretrain/fashion_mnist"] == {"rows": 20, "classes": 10, "questions": 0, "captioned": 20}
+    pretrain_metrics = results["metrics"]["pretrain_data"]["pretrain/fashion_mnist"]
+    assert pretrain_metrics == {"rows": 20, "classes": 10, "questions": 0, "captioned": 20,
+                                "images_per_class": {name: 2 for name in pretrain_metrics["images_per_class"]}}
+    assert len(pretrain_metrics["images_per_class"]) == 10
+    metrics = results["metrics"]["eval_data"]
     assert metrics["classification/imagefolder"]["rows"] == 6
     assert metrics["classification/imagefolder"]["classes"] == 2
+    assert metrics["classification/imagefolder"]["images_per_class"] == {"golden retriever": 3, "tabby cat": 3}
     assert results["stages_reused"] == []
 
-    (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "data").iterdir() if p.is_dir()]
-    summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
-    assert summary["datasets"] == {"pretrain/fashion_mnist": "pretrain/fashion_mnist",
-                                   "classification/imagefolder": "classification/imagefolder"}
+    (pretrain_dir,) = [p for p in (tmp_path / "cache" / "stages" / "pretrain_data").iterdir() if p.is_dir()]
+    (eval_dir,) = [p for p in (tmp_path / "cache" / "stages" / "eval_data").iterdir() if p.is_dir()]
+    summary = json.loads((pretrain_dir / "_SUCCESS.json").read_text())["summary"]
+    assert summary["datasets"] == {"pretrain/fashion_mnist": "pretrain/fashion_mnist"}
     assert "| pretrain/fashion_mnist | 20 | 10 |" in summary["markdown"]
-    pretrain = load_prepared(stage_dir, "pretrain", "fashion_mnist")
+    eval_summary = json.loads((eval_dir / "_SUCCESS.json").read_text())["summary"]
+    assert eval_summary["datasets"] == {"classification/imagefolder": "classification/imagefolder"}
+    assert "split folders ['test', 'train']; reading 'test'" in eval_summary["notes"]["classification/imagefolder"]
+    pretrain = load_prepared(pretrain_dir, "pretrain", "fashion_mnist")
     assert pretrain.column_names == list(COLUMNS) and len(pretrain) == 20
-    assert class_names(load_prepared(stage_dir, "classification")) == ["golden retriever", "tabby cat"]
+    assert class_names(load_prepared(eval_dir, "classification")) == ["golden retriever", "tabby cat"]
     with pytest.raises(FileNotFoundError, match="roles present"):
-        load_prepared(stage_dir, "vqa")
+        load_prepared(eval_dir, "vqa")
 
     again = json.loads(execute(compose(_overrides(tmp_path, fm, folder))).read_text())
-    assert again["stages_reused"] == ["data"] and again["metrics"] == results["metrics"]
+    assert again["stages_reused"] == ["eval_data", "pretrain_data"] and again["metrics"] == results["metrics"]
 
 
 def test_paper_data_offline_fails_with_the_clear_error(tmp_path):

@@ -108,7 +108,7 @@ def run_worker(work: Path) -> None:
 
     train_mod.build_trainer = build_with_record
     train_mod.relevance_function = lambda ctx, codebook: fake_relevance(codebook.size)
-    inputs = {name: StageResult(name, "k", work / name, {}, True, 0.0) for name in ("data", "codebook", "clip")}
+    inputs = {name: StageResult(name, "k", work / name, {}, True, 0.0) for name in ("pretrain_data", "codebook", "clip")}
     summary = train_mod.train_stage(StageContext(worker_config(work), work / "train", work / "run", inputs))
     rank = int(os.environ.get("LOCAL_RANK", 0))
     (work / f"summary{rank}.json").write_text(json.dumps(summary))

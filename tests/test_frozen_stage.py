@@ -42,6 +42,8 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
     for key in ("heldout_loss_before", "heldout_loss_after", "heldout_caption_names_class"):
         assert set(metrics[key]) == {"all", "classification/fashion_mnist"}
     assert 0.0 <= metrics["heldout_caption_names_class"]["all"] <= 1.0
+    # what the run read is in results.json whatever the bench's targets, images per class included
+    assert results["metrics"]["pretrain_data"]["pretrain/fashion_mnist"]["images_per_class"]["t-shirt"] == 3
 
     (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
@@ -52,7 +54,7 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
     assert prefix_embeddings(encoder, [Image.new("L", (28, 28))]).shape == (1, 2, 32)
 
     again = json.loads(execute(compose(overrides(tmp_path, fm, llm_dir))).read_text())
-    assert again["stages_reused"] == ["data", "frozen_train"]
+    assert again["stages_reused"] == ["eval_data", "frozen_train", "pretrain_data"]
 
 
 def test_frozen_train_refuses_other_methods_and_remote_llms():

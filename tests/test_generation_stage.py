@@ -64,7 +64,7 @@ def setup(tmp_path, monkeypatch):
                                 "query_rate": 0.4, "queries": 4}},
     }
     inputs = {name: StageResult(name, "k", tmp_path / name, {}, True, 0.0) for name in ("codebook", "clip")}
-    inputs["data"] = StageResult("data", "k", data_dir, {}, True, 0.0)
+    inputs["eval_data"] = StageResult("eval_data", "k", data_dir, {}, True, 0.0)
     return cfg, inputs, tmp_path
 
 

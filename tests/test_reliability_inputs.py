@@ -129,7 +129,8 @@ def test_empty_imagefolder_is_a_user_error(tmp_path):
         (tmp_path / "imgs" / sub).mkdir(parents=True)
     with pytest.raises(InvalidInputError) as excinfo:
         load_split(_imagefolder_spec(tmp_path / "imgs", tmp_path), "eval")
-    _assert_user_error(excinfo, "holds no files", "one sub-folder per class")
+    _assert_user_error(excinfo, "holds no image files", "2 class folder without images (test/cat, test/dog)",
+                       "one sub-folder per class")
 
 
 def test_empty_saved_dataset_is_a_user_error(tmp_path):
@@ -158,16 +159,19 @@ def test_dataset_without_label_column_names_the_columns_and_the_key(tmp_path):
                        "Set the spec's label_column")
 
 
-def test_imagefolder_without_class_folders_says_how_to_lay_it_out(tmp_path):
-    from spae.data import load_split
+def test_imagefolder_without_class_folders_is_unlabelled_and_few_shot_says_how_to_lay_it_out(tmp_path):
+    """A flat folder of photos loads (reconstruction needs no labels); the few-shot bench, which needs class
+    names, says how to lay the folder out."""
+    from experiments.stages.fewshot_eval import plan_episodes  # noqa: F401  (the stage's own check below)
+    from spae.data import class_names, load_split
 
     folder = tmp_path / "flat"
     folder.mkdir()
     for i in range(2):
         Image.new("RGB", (4, 4)).save(folder / f"{i}.png")
-    with pytest.raises(UserError) as excinfo:
-        load_split({**_imagefolder_spec(folder, tmp_path), "eval_split": "train"}, "eval")
-    _assert_user_error(excinfo, "one sub-folder per class")
+    ds = load_split({**_imagefolder_spec(folder, tmp_path), "eval_split": "train"}, "eval")
+    assert len(ds) == 2 and class_names(ds) == [] and set(ds["label"]) == {-1}
+    assert "no class folders: unlabelled images" in ds.info.description
 
 
 def test_missing_dataset_folder_is_a_missing_file_error(tmp_path):
@@ -285,7 +289,8 @@ def test_more_shots_than_images_in_a_class():
 
     with pytest.raises(InvalidConfigError) as excinfo:
         sample_episodes(["cat", "dog"] * 3, n_way=2, shots=5, n_episodes=2)
-    _assert_user_error(excinfo, "5 shots need 6 images per class", "smallest class: 3", "lower shots")
+    _assert_user_error(excinfo, "5 shots need 6 images per class", "the data has 2 classes of which only 0",
+                       "2 have fewer: cat: 3 images, dog: 3 images", "lower shots")
 
 
 @pytest.mark.parametrize("kwargs", [{"n_way": 0, "shots": 1}, {"n_way": 2, "shots": 0}, {"n_way": 2, "shots": -1}])

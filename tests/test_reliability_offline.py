@@ -43,7 +43,7 @@ def test_smoke_run_succeeds_with_the_network_cut(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(open(proc.stdout.strip().splitlines()[-1]).read())
-    assert results["metrics"]["data"]["classification/imagefolder"]["rows"] == 6
+    assert results["metrics"]["eval_data"]["classification/imagefolder"]["rows"] == 6
 
 
 class _NoNetwork:
@@ -73,10 +73,10 @@ def test_corrupt_images_are_skipped_and_counted_without_network(tmp_path, monkey
     (folder / "test" / "golden_retriever" / "cut.png").write_bytes(good[: len(good) // 2])
     results_path = execute(compose(_data_overrides(tmp_path, fm, folder)))
     results = json.loads(results_path.read_text())
-    assert results["metrics"]["data"]["classification/imagefolder"]["rows"] == 6
-    assert results["metrics"]["data"]["classification/imagefolder"]["skipped_images"] == 2
-    assert "skipped_images" not in results["metrics"]["data"]["pretrain/fashion_mnist"]
-    (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "data").iterdir() if p.is_dir()]
+    assert results["metrics"]["eval_data"]["classification/imagefolder"]["rows"] == 6
+    assert results["metrics"]["eval_data"]["classification/imagefolder"]["skipped_images"] == 2
+    assert "skipped_images" not in results["metrics"]["pretrain_data"]["pretrain/fashion_mnist"]
+    (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "eval_data").iterdir() if p.is_dir()]
     reasons = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]["skipped_images"]
     assert any("empty.png" in r for r in reasons["classification/imagefolder"])
     assert any("cut.png" in r for r in reasons["classification/imagefolder"])

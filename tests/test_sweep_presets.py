@@ -102,7 +102,7 @@ def test_recon_and_fewshot_read_the_same_tokenizer():
     assert cfg["bench"]["methods"]["spae"] == cfg["method"]
     assert cfg["bench"]["compare"] == [{"method": "spae", "layers": 2}]
     spec = STAGES.get("train")
-    deps = {"data": "d", "codebook": "c", "clip": "k"}
+    deps = {"pretrain_data": "d", "codebook": "c", "clip": "k"}
     nested = {**cfg, "method": cfg["bench"]["methods"]["spae"]}  # what fewshot_eval trains
     assert stage_key(spec, cfg, deps) == stage_key(spec, nested, deps)
 
@@ -111,12 +111,12 @@ def test_tokens_cells_reuse_one_tokenizer_and_its_reconstruction():
     import experiments.stages  # noqa: F401
     from experiments.pipeline import STAGES, stage_key
 
-    deps = {"data": "d", "codebook": "c", "clip": "k"}
+    deps = {"pretrain_data": "d", "codebook": "c", "clip": "k"}
     cfgs = [resolved(["+sweep=tokens", f"bench.llm_layers={v}"]) for v in ("2", "3", "null")]
     assert [c["bench"]["compare"][0]["layers"] for c in cfgs] == [2, 3, None]
     train = {stage_key(STAGES.get("train"), c, deps) for c in cfgs}
-    recon = {stage_key(STAGES.get("recon_eval"), c, {**deps, "train": "t"}) for c in cfgs}
-    fewshot = {stage_key(STAGES.get("fewshot_eval"), c, {"data": "d", "codebook": "c", "clip": "k"}) for c in cfgs}
+    recon = {stage_key(STAGES.get("recon_eval"), c, {**deps, "train": "t", "eval_data": "e"}) for c in cfgs}
+    fewshot = {stage_key(STAGES.get("fewshot_eval"), c, {**deps, "eval_data": "e"}) for c in cfgs}
     assert len(train) == 1 and len(recon) == 1 and len(fewshot) == 3
 
 

@@ -41,7 +41,8 @@ def stage_inputs(tmp_path, monkeypatch):
         "bench": {"recon": {"roles": ["classification"], "batch_size": 5, "word_examples": 3, "grid_images": 4}},
         "paths": {"cache_dir": str(tmp_path / "cache")},
     }
-    inputs = {"data": StageResult("data", "k", data_dir, {}, True, 0.0),
+    inputs = {"pretrain_data": StageResult("pretrain_data", "k", data_dir, {}, True, 0.0),
+              "eval_data": StageResult("eval_data", "k", data_dir, {}, True, 0.0),
               "codebook": StageResult("codebook", "k", cb_dir, {}, True, 0.0),
               "clip": StageResult("clip", "k", tmp_path / "clip", {}, True, 0.0)}
     return cfg, inputs, tmp_path
@@ -102,3 +103,29 @@ def test_a_binding_time_cap_pauses_training_and_a_rerun_finishes_it(stage_inputs
 
     a, b = load_file(str(tmp_path / "ref" / tok_mod.WEIGHTS_FILE)), load_file(str(paused_dir / tok_mod.WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recon_eval_reads_a_flat_folder_of_unlabelled_photos(stage_inputs):
+    """Reconstruction needs no labels: data=imagefolder on a folder of photos without class sub-folders."""
+    from experiments.stages.recon_eval import recon_eval_stage
+    from experiments.stages.train import train_stage
+    from spae.data import load_split
+
+    cfg, inputs, tmp_path = stage_inputs
+    cfg["trainer"]["max_steps"] = 1
+    summary = train_stage(StageContext(cfg, tmp_path / "train", tmp_path / "run", inputs))
+    photos = tmp_path / "holiday"
+    photos.mkdir()
+    for i, image in enumerate(tiny_images(5, 3)):
+        image.save(photos / f"IMG_train_{i:04d}.png")
+    spec = {"name": "holiday", "adapter": "imagefolder", "path": str(photos), "train_split": "train",
+            "eval_split": "test", "cache_dir": str(tmp_path / "hf")}
+    eval_dir = tmp_path / "eval_data"
+    save_prepared(load_split(spec, "eval"), eval_dir, "classification", "holiday")
+    cfg["data"]["classification"] = {"name": "holiday"}
+    eval_inputs = {**inputs, "eval_data": StageResult("eval_data", "k", eval_dir, {}, True, 0.0),
+                   "train": StageResult("train", "k", tmp_path / "train", summary, True, 0.0)}
+    out = recon_eval_stage(StageContext(cfg, tmp_path / "eval", tmp_path / "run", eval_inputs))
+    assert out["metrics"]["classification/holiday"]["images"] == 5
+    assert all(ex["label"] == "" for ex in out["examples"]["classification/holiday"])
+    assert Image.open(tmp_path / "eval" / "recon_grid_classification.png").size[0] > 0

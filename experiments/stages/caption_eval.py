@@ -150,7 +150,7 @@ def prepare_run(ctx: StageContext, role: str, plan) -> InContextRun:
     timing: dict[str, Any] = {}
     data_spec(cfg, role)  # a clear error when the data setup lacks the role
 
-    eval_ds = load_prepared(ctx.input_dir("data"), role)
+    eval_ds = load_prepared(ctx.input_dir("eval_data"), role)
     same = is_same_split(data_spec(cfg, role))
     pool_ds = load_example_pool(cfg, role, eval_ds)
     items = plan(eval_ds, pool_ds, same)
@@ -304,7 +304,7 @@ def plan_captions(cfg: dict):
     return plan
 
 
-@stage("caption_eval", deps=("data", "codebook", "clip"), version=2,  # 2: image words keep their leading space
+@stage("caption_eval", deps=("eval_data", "codebook", "clip"), version=2,  # 2: image words keep their leading space
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def caption_eval(ctx: StageContext) -> dict:
     from spae.tasks.captioning import score_captions

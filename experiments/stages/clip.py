@@ -34,11 +34,11 @@ def pretraining_sets(ctx: StageContext, enrich: bool, per_set_limit: int | None,
     if not names:
         raise ValueError("the embedded CLIP trains on data.pretrain.*, which is empty; add a pretraining set "
                          "(e.g. data=embedded) or use a real CLIP (clip=vit_b32 clip.pretrained=/path/to/file)")
-    return [training_set_from_dataset(name, load_prepared(ctx.input_dir("data"), "pretrain", name), enrich=enrich,
+    return [training_set_from_dataset(name, load_prepared(ctx.input_dir("pretrain_data"), "pretrain", name), enrich=enrich,
                                       limit=per_set_limit, seed=seed) for name in names]
 
 
-@stage("clip", deps=("data",), version=2,  # 2: clip.json config without `extra`
+@stage("clip", deps=("pretrain_data",), version=2,  # 2: clip.json config without `extra`
        config_keys=("clip", "data.pretrain", "data.max_pretrain_images", "seed"))
 def clip_stage(ctx: StageContext) -> dict:
     from spae.clip.loading import STAGE_RECORD, load_clip
@@ -90,7 +90,7 @@ def _eval_sets(ctx: StageContext, limit: int | None, seed: int):
     from spae.data.images import to_tensor
 
     out = []
-    data_dir = ctx.input_dir("data")
+    data_dir = ctx.input_dir("eval_data")
     try:
         ds = load_prepared(data_dir, "classification")
     except (FileNotFoundError, ValueError) as err:
@@ -120,7 +120,7 @@ def _eval_sets(ctx: StageContext, limit: int | None, seed: int):
     return out
 
 
-@stage("clip_quality", deps=("clip", "codebook", "data"),
+@stage("clip_quality", deps=("clip", "codebook", "eval_data"),
        config_keys=("clip", "data.classification", "data.vqa", "seed", "bench.top_k", "bench.max_eval_images"))
 def clip_quality_stage(ctx: StageContext) -> dict:
     from spae.clip.captions import words_in

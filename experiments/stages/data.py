@@ -1,11 +1,16 @@
-"""Stage `data`: load every dataset the config names and save it for the later stages.
+"""Stages `pretrain_data` and `eval_data`: load every dataset the config names and save it for later stages.
 
-Pretraining sets (data.pretrain.*) contribute their train split, limited by data.max_pretrain_images;
-evaluation sets (data.classification / vqa / captioning / generation) their eval split, whole. A set
-that cannot be had (e.g. a hub dataset offline) fails the stage with its clear error: nothing is skipped.
+Two stages, so that each is keyed on what it reads: `pretrain_data` prepares the pretraining sets
+(data.pretrain.*, their train split, limited by data.max_pretrain_images), which the training stages (CLIP,
+tokenizers, Frozen) depend on; `eval_data` the evaluation sets (data.classification / vqa / captioning /
+generation, their eval split, whole), which only the evaluation stages depend on. Changing the evaluation
+data (e.g. data=imagefolder data.classification.path=...) thus reuses every trained model.
+A set that cannot be had (e.g. a hub dataset offline) fails the stage with its clear error: nothing is skipped.
 Images that cannot be decoded (empty, truncated, oversized files) are dropped and counted: the stage's
 metrics give `skipped_images` for a dataset that had any, and its summary lists why (docs/reliability.md).
-Later stages read them with spae.data.load_prepared(ctx.input_dir("data"), role, name).
+Each set's images per class are logged (a summary past 20 classes) and kept in the metrics.
+Later stages read them with spae.data.load_prepared(ctx.input_dir("pretrain_data"), "pretrain", name) or
+load_prepared(ctx.input_dir("eval_data"), role).
 """
 from __future__ import annotations
 
@@ -20,19 +25,39 @@ log = logging.getLogger(__name__)
 EVAL_ROLES = ("classification", "vqa", "captioning", "generation")
 
 
-def planned(data_cfg: dict) -> list[tuple[str, str, dict, str, int | None]]:
-    """(role, name, spec, split, limit) for every dataset of the data setup."""
+def planned_pretrain(data_cfg: dict) -> list[tuple[str, str, dict, str, int | None]]:
+    """(role, name, spec, split, limit) for every pretraining dataset of the data setup."""
     plan = []
     limit = data_cfg.get("max_pretrain_images")
     for name, spec in sorted((data_cfg.get("pretrain") or {}).items()):
         plan.append(("pretrain", name, {**spec, "config_path": f"data.pretrain.{name}"}, "train", limit))
+    return plan
+
+
+def planned_eval(data_cfg: dict) -> list[tuple[str, str, dict, str, int | None]]:
+    """(role, name, spec, split, limit) for every evaluation dataset of the data setup."""
+    plan = []
     for role in EVAL_ROLES:
         spec = data_cfg.get(role)
         if spec:
             plan.append((role, spec.get("name", role), {**spec, "config_path": f"data.{role}"}, "eval", None))
+    return plan
+
+
+def planned(data_cfg: dict) -> list[tuple[str, str, dict, str, int | None]]:
+    """(role, name, spec, split, limit) for every dataset of the data setup."""
+    plan = planned_pretrain(data_cfg) + planned_eval(data_cfg)
     if not plan:
         raise ValueError("the data setup names no dataset (data.pretrain.* or data.classification, ...)")
     return plan
+
+
+def class_counts(ds) -> dict[str, int]:
+    """Images per class name, in class-id order ({} for unlabelled data)."""
+    from collections import Counter
+
+    counts = Counter(zip(ds["label"], ds["label_name"]))
+    return {name: n for (_, name), n in sorted(counts.items()) if name}
 
 
 def describe(ds) -> dict:
@@ -44,8 +69,8 @@ def describe(ds) -> dict:
             "captioned": sum(1 for c in ds["caption"] if c)}
 
 
-def markdown_table(rows: dict[str, dict], stand_in: bool) -> str:
-    lines = ["### Data", ""]
+def markdown_table(rows: dict[str, dict], stand_in: bool, title: str = "Data", notes: dict | None = None) -> str:
+    lines = [f"### {title}", ""]
     if stand_in:
         lines += ["Embedded stand-in datasets (not the paper's): see conf/data/embedded.yaml.", ""]
     lines += ["| role/name | rows | classes | questions | captioned | caption source |",
@@ -53,12 +78,27 @@ def markdown_table(rows: dict[str, dict], stand_in: bool) -> str:
     for key, r in rows.items():
         lines.append(f"| {key} | {r['rows']} | {r['classes']} | {r['questions']} | {r['captioned']} | "
                      f"{r['caption_source']} |")
+    lines += [f"\n{key}: {note}" for key, note in (notes or {}).items()]
     return "\n".join(lines)
 
 
-@stage("data", config_keys=("data", "seed"), version=2)  # 2: reference_answers column (every human answer)
-def prepare_data(ctx: StageContext) -> dict:
+# 2: the former `data` stage's pretraining half; per-class image counts; reference_answers column
+@stage("pretrain_data", config_keys=("data.pretrain", "data.max_pretrain_images", "seed"), version=2)
+def prepare_pretrain_data(ctx: StageContext) -> dict:
+    return prepare_data(ctx, planned_pretrain(ctx.cfg["data"]), "pretrain_data", "Pretraining data", stand_in=False)
+
+
+# 2: the former `data` stage's evaluation half; imagefolder layout rules; per-class image counts;
+#    reference_answers column (every human answer)
+@stage("eval_data", config_keys=tuple(f"data.{role}" for role in EVAL_ROLES) + ("data.stand_in",), version=2)
+def prepare_eval_data(ctx: StageContext) -> dict:
+    return prepare_data(ctx, planned_eval(ctx.cfg["data"]), "eval_data", "Evaluation data",
+                        stand_in=bool(ctx.cfg["data"].get("stand_in")))
+
+
+def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, stand_in: bool) -> dict:
     from spae.data import drop_unreadable_images, load_split, save_prepared
+    from spae.data.imagefolder import class_counts_line
     from spae.io import read_json, write_json_atomic
     from spae.data.prepared import prepared_path
 
@@ -68,7 +108,11 @@ def prepare_data(ctx: StageContext) -> dict:
     metrics: dict[str, dict] = {}
     saved: dict[str, str] = {}
     skipped: dict[str, list[str]] = {}
-    for role, name, spec, split, limit in planned(cfg["data"]):
+    per_class: dict[str, dict[str, int]] = {}
+    notes: dict[str, str] = {}
+    if not plan:
+        log.info("%s: the data setup names none", title.lower())
+    for role, name, spec, split, limit in plan:
         key = f"{role}/{name}"
         target = prepared_path(ctx.out_dir, role, name)
         start = time.perf_counter()
@@ -91,8 +135,15 @@ def prepare_data(ctx: StageContext) -> dict:
             skipped[key] = reasons[:20]
         saved[key] = str(Path(role) / name)
         log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
+        per_class[key] = class_counts(ds)
+        if per_class[key]:
+            log.info("data %s images per class: %s", key, class_counts_line(per_class[key]))
+        if ds.info.description:  # how the adapter read the source (e.g. an image folder's layout)
+            notes[key] = ds.info.description
     numbers = {k: {m: v for m, v in r.items() if m != "caption_source"} for k, r in metrics.items()}
     if ctx.logger is not None:
-        ctx.logger.log_metrics({"data": numbers})
-    return {"metrics": numbers, "markdown": markdown_table(metrics, bool(cfg["data"].get("stand_in"))),
-            "datasets": saved, "stand_in": bool(cfg["data"].get("stand_in")), "skipped_images": skipped}
+        ctx.logger.log_metrics({stage_name: numbers})
+    for key, counts in per_class.items():  # in results.json, not among the logged scalars
+        numbers[key]["images_per_class"] = counts
+    return {"metrics": numbers, "markdown": markdown_table(metrics, stand_in, title, notes),
+            "datasets": saved, "stand_in": stand_in, "skipped_images": skipped, "notes": notes}

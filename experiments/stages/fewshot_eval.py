@@ -26,6 +26,7 @@ from typing import Any
 
 from experiments.pipeline import StageContext, StageResult, run_stages, stage
 from spae.hashing import stable_hash
+from spae.errors import InvalidInputError
 from spae.io import safe_name, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def prompt_template(bench: dict):
 
 
 # ------------------------------------------------------------------------------------------ episodes
-def plan_episodes(label_names: list[str], cells: list, n_episodes: int, seed: int) -> dict[str, list]:
+def plan_episodes(label_names: list[str], cells: list, n_episodes: int, seed: int,
+                  source: str = "the data") -> dict[str, list]:
     """{cell key: episodes}: a cell's own `episodes` count, else the bench's. Cells differing only in task
     induction get the same episodes (paired); a larger count extends a smaller one (prefix-stable)."""
     from spae.fewshot.episodes import sample_episodes
@@ -78,7 +80,7 @@ def plan_episodes(label_names: list[str], cells: list, n_episodes: int, seed: in
             raise ValueError(f"episodes per cell must be >= 1, got {count} for cell {c.key} "
                              "(bench.episodes or the cell's `episodes`)")
         planned[c.key] = sample_episodes(label_names, c.n_way, c.shots, count, seed=seed, repeats=c.repeats,
-                                         task_induction=c.task_induction)
+                                         task_induction=c.task_induction, source=source)
     return planned
 
 
@@ -86,6 +88,13 @@ def used_images(episodes: dict[str, list]) -> list[int]:
     """Sorted indices of every image any episode shows (support or query)."""
     used = {i for eps in episodes.values() for e in eps for i, _ in [*e.support, e.query]}
     return sorted(used)
+
+
+def classification_source(cfg: dict) -> str:
+    """data.classification named for error messages: its name and, for a local copy, the folder read."""
+    spec = cfg["data"].get("classification") or {}
+    where = f" read from {spec['path']}" if spec.get("path") else ""
+    return f"data.classification ({spec.get('name', '?')}{where})"
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -178,7 +187,7 @@ def record_dirs(ctx: StageContext, methods: list, trained: dict[str, StageResult
     base = Path(cfg["paths"]["cache_dir"]) / "fewshot_records"
     out = {}
     for m in methods:
-        identity = {"data": ctx.inputs["data"].key, "codebook": ctx.inputs["codebook"].key,
+        identity = {"data": ctx.inputs["eval_data"].key, "codebook": ctx.inputs["codebook"].key,
                     "clip": ctx.inputs["clip"].key if m.kind == "clip" else None,
                     "model": trained[m.model].key if m.model else None,
                     "method": {"slug": m.slug, "kind": m.kind, "layers": m.layers, "k": m.k}, "llm": llm}
@@ -407,7 +416,8 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 
 
 # ------------------------------------------------------------------------------------------ the stage
-@stage("fewshot_eval", deps=("data", "codebook", "clip"), version=4,  # 3: leading space; 4: choice metric
+# 3: leading space; 4: choice metric; 5: evaluation sets from eval_data, pretraining sets (fairness) from pretrain_data
+@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=5,
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
     from spae.data import load_prepared
@@ -427,12 +437,13 @@ def fewshot_eval(ctx: StageContext) -> dict:
     n_episodes = int(bench.get("episodes", 100))
     timing: dict[str, Any] = {}
 
-    ds = load_prepared(ctx.input_dir("data"), "classification")
+    ds = load_prepared(ctx.input_dir("eval_data"), "classification")
     label_names = list(ds["label_name"])
+    source = classification_source(cfg)
     if not any(label_names):
-        raise ValueError("the classification dataset has no class names (label_name is empty); the few-shot "
-                         "bench needs named classes")
-    episodes = plan_episodes(label_names, cells, n_episodes, seed)
+        raise InvalidInputError(f"{source} has no class names (no labels); the few-shot bench needs named classes:"
+                                " for an image folder, one sub-folder per class (e.g. cat/1.jpg, dog/2.jpg)")
+    episodes = plan_episodes(label_names, cells, n_episodes, seed, source)
     indices = used_images(episodes)
     images = ds.select(indices)["image"]
     log.info("fewshot_eval: %d cells x %d episodes, %d distinct images, %d methods", len(cells), n_episodes,
@@ -459,7 +470,7 @@ def fewshot_eval(ctx: StageContext) -> dict:
 
     metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained,
                                                                             scoring, choice)
-    fairness = fairness_report(ctx.input_dir("data"), cfg, images, sorted(set(label_names)),
+    fairness = fairness_report(ctx.input_dir("pretrain_data"), cfg, images, sorted(set(label_names)),
                                bench.get("fairness_max_images"))
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,

@@ -123,7 +123,9 @@ def markdown(summary: dict, samples: list[list]) -> str:
     return "\n".join(lines)
 
 
-@stage("frozen_train", deps=("data",), version=2, distributed=True,  # 2: punctuation-insensitive class check
+# 2: punctuation-insensitive class check. The held-out check reads the evaluation sets (a report only): a
+# new evaluation set reuses the trained encoder, whose summary names the sets the check was measured on.
+@stage("frozen_train", deps=("pretrain_data",), report_deps=("eval_data",), version=2, distributed=True,
        config_keys=("method", "llm", "trainer", "data.pretrain", "data.max_pretrain_images", "seed"))
 def frozen_train(ctx: StageContext) -> dict:
     import pytorch_lightning as pl
@@ -155,11 +157,10 @@ def frozen_train(ctx: StageContext) -> dict:
     names = sorted((cfg["data"].get("pretrain") or {}).keys())
     if not names:
         raise ValueError("data.pretrain names no dataset of image-caption pairs to train Frozen on")
-    data_dir = ctx.input_dir("data")
-    dm = CaptionDataModule([load_prepared(data_dir, "pretrain", n) for n in names], int(method["image_size"]),
+    dm = CaptionDataModule([load_prepared(ctx.input_dir("pretrain_data"), "pretrain", n) for n in names], int(method["image_size"]),
                            int(method["batch_size"]), seed, total_batches=int(method["max_steps"]),
                            num_workers=int(cfg["trainer"].get("num_workers", 0)))
-    rows = heldout_rows(data_dir, cfg["data"], int(method["heldout_images"]), seed)
+    rows = heldout_rows(ctx.input_dir("eval_data"), cfg["data"], int(method["heldout_images"]), seed)
 
     last = out / "checkpoints" / "last.ckpt"
     resumed = last.is_file()

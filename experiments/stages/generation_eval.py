@@ -391,7 +391,7 @@ def markdown(results: dict, fid_label: str, llm: dict, cfg: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the stage
-@stage("generation_eval", deps=("data", "codebook", "clip"),
+@stage("generation_eval", deps=("eval_data", "codebook", "clip"),
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed", "offline"))
 def generation_eval(ctx: StageContext) -> dict:
     import torch
@@ -410,7 +410,7 @@ def generation_eval(ctx: StageContext) -> dict:
         raise ValueError("bench.class_conditional.enabled and bench.denoising.enabled are both false: nothing to do")
     torch.manual_seed(int(cfg.get("seed", 0)))
     pool_ds = training_pool(cfg, int(bench.get("train_pool", 1000)))
-    eval_ds = load_prepared(ctx.input_dir("data"), "generation")
+    eval_ds = load_prepared(ctx.input_dir("eval_data"), "generation")
     class_names = names_of(eval_ds)  # before subsetting: every class id present
     # a seeded random subset: the split may be ordered by class
     eval_ds = eval_ds.shuffle(seed=int(cfg.get("seed", 0))).select(range(min(len(eval_ds),

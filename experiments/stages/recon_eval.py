@@ -149,7 +149,7 @@ def markdown(method: str, describe: dict, results: dict, examples: dict, percept
     return "\n".join(lines)
 
 
-@stage("recon_eval", deps=("train", "data", "clip", "codebook"), config_keys=("bench.recon", "seed", "offline"),
+@stage("recon_eval", deps=("train", "eval_data", "clip", "codebook"), config_keys=("bench.recon", "seed", "offline"),
        version=4)  # 4: PSNR = mean of per-image PSNR (pooled kept as psnr_pooled); 3: SSIM steps, cell-mean SSIM
 def recon_eval_stage(ctx: StageContext) -> dict:
     import torch
@@ -169,7 +169,7 @@ def recon_eval_stage(ctx: StageContext) -> dict:
     torch.manual_seed(int(cfg.get("seed", 0)))
     offline = bool(cfg.get("offline", True))
     sets = [(role, f"{role}/{(cfg['data'].get(role) or {}).get('name', role)}",
-             lambda role=role: load_prepared(ctx.input_dir("data"), role))
+             lambda role=role: load_prepared(ctx.input_dir("eval_data"), role))
             for role in opts.get("roles") or ["classification"]]
     if opts.get("photos"):  # natural photos from installed packages: outside the training domain
         sets.append(("photos", "photos/scikit-image", lambda: photo_dataset(opts["photos"])))

@@ -62,7 +62,7 @@ def stop_if_paused(steps: int, max_steps: int, cap_s, cap_key: str, out_dir: Pat
                              f"(it resumes there), or raise {cap_key} (null = no cap)")
 
 
-@stage("train", deps=("data", "codebook", "clip"), distributed=True,
+@stage("train", deps=("pretrain_data", "codebook", "clip"), distributed=True,
        version=2,  # 2: semantic loss without the image's own candidates among its negatives
        # trainer.max_time_s is no key: a cap that binds pauses the stage (see stop_if_paused), never shortens it
        config_keys=("model", "method", "trainer.max_steps", "trainer.batch_size",
@@ -88,7 +88,7 @@ def train_stage(ctx: StageContext) -> dict:
     names = sorted((cfg["data"].get("pretrain") or {}).keys())
     if not names:
         raise ValueError("data.pretrain names no dataset to train the tokenizer on")
-    datasets = [load_prepared(ctx.input_dir("data"), "pretrain", n) for n in names]
+    datasets = [load_prepared(ctx.input_dir("pretrain_data"), "pretrain", n) for n in names]
     tr = cfg["trainer"]
     dm = PretrainDataModule(datasets, config["model"]["image_size"], int(tr["batch_size"]), config["seed"],
                             total_batches=int(tr["max_steps"]), num_workers=int(tr.get("num_workers", 0)),

@@ -66,7 +66,7 @@ def vqa_markdown(cfg: dict, run: InContextRun, metrics: dict, prior: str) -> str
     return "\n".join(lines + [""] + timing_lines(run)) + "\n"
 
 
-@stage("vqa_eval", deps=("data", "codebook", "clip"), version=2,  # 2: all human answers; spaced image words
+@stage("vqa_eval", deps=("eval_data", "codebook", "clip"), version=2,  # 2: all human answers; spaced image words
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def vqa_eval(ctx: StageContext) -> dict:
     from spae.tasks.vqa import score_answers

@@ -1,13 +1,14 @@
 """Any Hugging Face dataset (hub id online, or a local copy) mapped onto the uniform columns.
 
 Local copies: a save_to_disk folder (Dataset or DatasetDict, or one such folder per split), a folder of
-parquet files (splits from the file names, as datasets infers them), a single .parquet file, or an
-imagefolder. Spec keys: hub_id, path, config_name, image_column, label_column, caption_column,
-question_column, answer_column (the target answer; a list of answers, e.g. VQAv2's ten, gives all of them
-as references and their consensus as the target), reference_answers_column (every reference answer, when
-answer_column holds only the consensus), group_column (rows sharing this value, e.g. VQAv2's image_id, become
-one row whose questions/answers are merged), label_names (for plain int labels), first_synonym,
-offline_alternative (named in the offline error).
+parquet files (splits from the file names, as datasets infers them), a single .parquet file, or a folder
+of images (read by spae.data.imagefolder's rules: a `label` column from the class folders).
+Spec keys: hub_id, path, config_name, image_column, label_column, caption_column, question_column,
+answer_column (the target answer; a list of answers, e.g. VQAv2's ten, gives all of them as references and
+their consensus as the target), reference_answers_column (every reference answer, when answer_column holds
+only the consensus), group_column (rows sharing this value, e.g. VQAv2's image_id, become one row whose
+questions/answers are merged), label_names (for plain int labels), first_synonym, offline_alternative
+(named in the offline error).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "_group"
 LABELLED_CAPTION = "a photo of {}"  # templated caption for labelled data without captions
+TABLE_SUFFIXES = {".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl"}  # a local folder of these is a table
 
 
 class OfflineDatasetError(UserError, ValueError):
@@ -66,7 +68,13 @@ def load_local(path: Path, split: str, spec: dict) -> datasets.Dataset:
         return pick_split(datasets.load_from_disk(str(path)), split, str(path))
     if path.is_file() and path.suffix == ".parquet":
         return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=hf_cache_dir(spec))
-    # A folder of parquet/csv/json files or images: datasets infers the builder and the splits.
+    if path.is_dir() and not any(p.suffix.lower() in TABLE_SUFFIXES for p in path.rglob("*")):
+        # A folder of images: read by the imagefolder adapter's rules (classes are first-level folders, split
+        # folders only when every first-level folder is one), never inferred from folder or file names.
+        from spae.data.imagefolder import SPLIT_FOLDERS, read_folder
+
+        return read_folder(path, split, tuple(spec.get("split_folders") or SPLIT_FOLDERS), hf_cache_dir(spec))
+    # A folder of parquet/csv/json files: datasets infers the builder and the splits.
     loaded = datasets.load_dataset(str(path), cache_dir=hf_cache_dir(spec))
     return pick_split(loaded, split, str(path))
 

@@ -57,11 +57,12 @@ def class_names_per_image(labels: Sequence, label_names: Sequence[str] | dict | 
 def sample_episodes(labels: Sequence, n_way: int, shots: int, n_episodes: int, seed: int = 0,
                     repeats: int = 0, task_induction: bool = True,
                     label_names: Sequence[str] | dict | None = None,
-                    indices: Sequence[int] | None = None) -> list[Episode]:
+                    indices: Sequence[int] | None = None, source: str = "the data") -> list[Episode]:
     """Draw `n_episodes` episodes from the images of the evaluation split.
 
     labels: the label of every image (int or class name), position = image index.
     indices: optionally, the image indices allowed (e.g. the evaluation split); default all.
+    source: what the labels were read from (e.g. a dataset and its folder), named in the errors.
     Each episode: n_way distinct classes, `shots` distinct support images per class and a query image of
     one of those classes that is not in the support set.
     """
@@ -74,17 +75,28 @@ def sample_episodes(labels: Sequence, n_way: int, shots: int, n_episodes: int, s
     for i in pool:
         by_class[names[i]].append(int(i))
     if n_way > len(by_class):
-        raise InvalidConfigError(f"n_way={n_way} but the data has only {len(by_class)} classes; lower n_way "
-                                 f"to at most {len(by_class)} or use a dataset with more classes")
+        raise InvalidConfigError(f"n_way={n_way} but {source} has only {len(by_class)} "
+                                 f"class{'es' if len(by_class) != 1 else ''} "
+                                 f"({_listed(by_class)}); lower n_way to at most {len(by_class)} or use a "
+                                 "dataset with more classes")
     eligible = sorted(c for c, members in by_class.items() if len(members) >= shots + 1)
     if len(eligible) < n_way:
-        smallest = min(len(m) for m in by_class.values())
-        raise InvalidConfigError(f"{shots} shots need {shots + 1} images per class (shots + the query) in at least "
-                         f"{n_way} classes, but only {len(eligible)} classes have that many (smallest class: "
-                         f"{smallest} images); lower shots or n_way")
+        # repeats show the same support images again: a class needs shots + 1 distinct images whatever repeats
+        short = {c: m for c, m in sorted(by_class.items()) if len(m) < shots + 1}
+        raise InvalidConfigError(f"{shots} shots need {shots + 1} images per class (the shots + the query, all "
+                                 f"distinct; repeats show the same images again) in at least {n_way} classes, "
+                                 f"but {source} has {len(by_class)} classes of which only {len(eligible)} have "
+                                 f"that many; {len(short)} have fewer: {_listed(short)}; lower shots or n_way, "
+                                 "or add images to those classes")
     rng = np.random.default_rng([seed, n_way, shots, repeats])  # n_episodes left out: prefix-stable
     return [_draw(rng, by_class, eligible, n_way, shots, repeats, task_induction,
                   f"{n_way}way-{shots}shot-{repeats}rep-s{seed}-{e}") for e in range(n_episodes)]
+
+
+def _listed(by_class: dict[str, list[int]], shown: int = 10) -> str:
+    """ "cat: 1 image, dog: 2 images, ... (+N more)" for an error message."""
+    items = [f"{c}: {len(m)} image{'s' if len(m) != 1 else ''}" for c, m in list(by_class.items())[:shown]]
+    return ", ".join(items) + (f", ... (+{len(by_class) - shown} more)" if len(by_class) > shown else "")
 
 
 def _draw(rng: np.random.Generator, by_class: dict[str, list[int]], eligible: list[str], n_way: int,

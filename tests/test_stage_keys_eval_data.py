@@ -1,0 +1,66 @@
+"""Changing only the evaluation data reuses every trained model (issue 16, item 6): the keys of the training
+stages, and of every stage they depend on, cover only what those stages read."""
+from __future__ import annotations
+
+import pytest
+from conftest import compose
+from omegaconf import OmegaConf
+
+TRAINING = ("codebook", "clip", "train", "frozen_train")
+
+
+def resolved(overrides: list[str]) -> dict:
+    return OmegaConf.to_container(compose(overrides), resolve=True, throw_on_missing=False)
+
+
+def keys_of(targets: list[str], cfg: dict) -> dict[str, str]:
+    """Every stage key the pipeline computes for `targets` (run_stages' own order and key function)."""
+    import experiments.stages  # noqa: F401  (registers the stages)
+    from experiments.pipeline import STAGES, resolve_order, stage_key
+
+    keys: dict[str, str] = {}
+    for name in resolve_order(targets):
+        keys[name] = stage_key(STAGES.get(name), cfg, keys)
+    return keys
+
+
+def model_keys(cfg: dict) -> dict[str, dict[str, str]]:
+    """As the few-shot stage trains each compared model: a nested run with bench.methods.<m> as `method`."""
+    out = {}
+    for model, target in (("spae", "train"), ("lqae", "train"), ("frozen", "frozen_train")):
+        variant = {**cfg, "method": cfg["bench"]["methods"][model]}
+        # Frozen's held-out report reads eval_data (a report dependency, run first, not in frozen_train's key)
+        out[model] = {name: key for name, key in keys_of([target], variant).items() if name != "eval_data"}
+    return out
+
+
+@pytest.mark.parametrize("change", [
+    ["data=imagefolder", "data.classification.path=/data/my_1000_classes"],
+    ["dataset@data.classification=mnist"],
+    ["~data.vqa", "~data.generation"],
+])
+def test_changing_only_the_evaluation_data_keeps_every_training_key(change):
+    base = resolved(["+bench=mini_imagenet"])
+    other = resolved(["+bench=mini_imagenet", *change])
+    assert other["data"]["pretrain"] == base["data"]["pretrain"]  # the premise: only evaluation data differs
+    assert other["data"]["classification"] != base["data"]["classification"] or "~data.vqa" in change
+
+    base_keys, other_keys = model_keys(base), model_keys(other)
+    for model in ("spae", "lqae", "frozen"):
+        assert other_keys[model] == base_keys[model], model  # the model and all its upstream stages
+    trained = {name for keys in base_keys.values() for name in keys}
+    assert set(TRAINING) <= trained
+    assert base_keys["spae"]["train"] != base_keys["lqae"]["train"]  # two tokenizers, each reused
+
+    # the evaluation itself does change, so nothing stale is reported
+    eval_base, eval_other = keys_of(["fewshot_eval"], base), keys_of(["fewshot_eval"], other)
+    assert eval_other["fewshot_eval"] != eval_base["fewshot_eval"]
+    assert {n: k for n, k in eval_other.items() if n in trained} == {n: k for n, k in eval_base.items() if n in trained}
+
+
+def test_changing_the_pretraining_data_retrains():
+    base = model_keys(resolved(["+bench=mini_imagenet"]))
+    fewer = model_keys(resolved(["+bench=mini_imagenet", "data.max_pretrain_images=100"]))
+    for model, stage in (("spae", "train"), ("lqae", "train"), ("frozen", "frozen_train")):
+        assert fewer[model][stage] != base[model][stage]
+    assert fewer["spae"]["clip"] != base["spae"]["clip"] and fewer["spae"]["codebook"] == base["spae"]["codebook"]
