@@ -69,7 +69,7 @@ def test_train_then_recon_eval(stage_inputs):
     assert m["codes_used"] >= m["codes_used_l1"] >= 1
     assert len(out["examples"]["classification/pets"]) == 3
     assert out["examples"]["classification/pets"][0]["label"] in ("cat", "dog")
-    assert "| layers | tokens | PSNR |" in out["markdown"] and "dog" in out["markdown"]
+    assert "| layers | tokens | PSNR (mean per image) |" in out["markdown"] and "dog" in out["markdown"]
     assert (tmp_path / "eval" / "recon_grid_classification.png").is_file()
 
 
