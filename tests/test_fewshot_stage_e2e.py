@@ -22,7 +22,7 @@ TINY = ["model.image_size=16", "model.latent_size=4", "model.channels=[8,16,16]"
         "clip.train.batch_size=4", "clip.train.warmup_steps=1", "clip.train.checkpoint_every=1"]
 METHODS = ["bench.methods.spae.loss.perceptual=none", "bench.methods.lqae.loss.perceptual=none",
            "bench.methods.spae.semantic.num_negatives=null", "bench.methods.frozen.backbone=conv",
-           "bench.methods.frozen.pretrained_backbone=false", "bench.methods.frozen.max_steps=2",
+           "bench.methods.frozen.pretrained_backbone=false", "bench.methods.frozen.images_seen_ratio=1.0",
            "bench.methods.frozen.batch_size=4", "bench.methods.frozen.heldout_images=2",
            "bench.methods.frozen.heldout_max_new_tokens=2", "bench.methods.frozen.image_size=16"]
 

@@ -23,7 +23,7 @@ def overrides(tmp_path, fm, llm_dir) -> list[str]:
             "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
             "llm=hf", f"llm.model_id={llm_dir}", "llm.dtype=float32",
             "method=frozen", "method.backbone=conv", "method.pretrained_backbone=false", "method.image_size=32",
-            "method.max_steps=3", "method.batch_size=4", "method.heldout_images=4",
+            "trainer.max_steps=3", "trainer.batch_size=4", "method.batch_size=4", "method.heldout_images=4",
             "method.heldout_max_new_tokens=3", "method.checkpoint_every_n_steps=1"]
 
 

@@ -281,6 +281,30 @@ def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained:
 
 
 # ------------------------------------------------------------------------------------------ fairness
+def training_budgets(trained: dict[str, StageResult]) -> dict[str, dict]:
+    """{model: steps, effective batch, pretraining images seen and their ratio to the tokenizers'} for every
+    trained model, from its training stage's summary: the compared methods' pretraining, side by side."""
+    out = {}
+    for model, result in sorted(trained.items()):
+        s = result.summary
+        seen = s.get("images_seen")
+        if seen is None:  # a summary written before images seen were counted
+            out[model] = {"stage": result.name, "images_seen": None, "note": "not recorded by this cached model"}
+            continue
+        out[model] = {"stage": result.name, "steps": s.get("steps"), "effective_batch": s.get("effective_batch"),
+                      "images_seen": seen,
+                      # tokenizers are the reference (1.0); Frozen states its ratio (method.images_seen_ratio)
+                      "images_seen_ratio": s.get("images_seen_ratio", 1.0)}
+    return out
+
+
+def training_note(budgets: dict[str, dict]) -> str:
+    parts = [f"{m} {b['images_seen']}" + (f" ({b['images_seen_ratio']:g} x the tokenizers')"
+                                          if b.get("images_seen_ratio", 1.0) != 1.0 else "")
+             for m, b in budgets.items() if b.get("images_seen") is not None]
+    return ("Pretraining images seen (steps x effective batch): " + ", ".join(parts) + ".") if parts else ""
+
+
 def image_digest(image) -> str:
     """Hash of an image's pixels (mode and size included)."""
     import numpy as np
@@ -288,9 +312,11 @@ def image_digest(image) -> str:
     return hashlib.sha1(f"{image.mode}{image.size}".encode() + np.asarray(image).tobytes()).hexdigest()
 
 
-def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None) -> dict:
-    """What the pretraining covered (datasets, classes shared with the evaluation) and a check, by pixel
-    hashes, that no image an episode shows was among the pretraining images."""
+def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None,
+                    training: dict[str, dict] | None = None) -> dict:
+    """What the pretraining covered (datasets, classes shared with the evaluation), a check, by pixel
+    hashes, that no image an episode shows was among the pretraining images, and (`training`, from
+    training_budgets) how many pretraining images each trained method saw."""
     from spae.data import load_prepared
 
     eval_hashes = {image_digest(img) for img in eval_rows}
@@ -313,8 +339,10 @@ def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str
             f"{overlap} of the {len(eval_hashes)} distinct evaluation images the episodes use were found among "
             f"{checked} pretraining images (pixel hashes)" + ("" if complete else ", a capped subset of them")
             + "; evaluation images come from the evaluation split, pretraining from the train split.")
+    training = training or {}
+    note += (" " + training_note(training)) if training_note(training) else ""
     return {"pretraining": sets, "eval_images": len(eval_hashes), "eval_images_in_pretraining": overlap,
-            "pretraining_images_checked": checked, "check_complete": complete, "note": note}
+            "pretraining_images_checked": checked, "check_complete": complete, "training": training, "note": note}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -415,7 +443,7 @@ def fewshot_eval(ctx: StageContext) -> dict:
 
     metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained)
     fairness = fairness_report(ctx.input_dir("data"), cfg, images, sorted(set(label_names)),
-                               bench.get("fairness_max_images"))
+                               bench.get("fairness_max_images"), training_budgets(trained))
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
@@ -427,6 +455,7 @@ def fewshot_eval(ctx: StageContext) -> dict:
                              rows)
         ctx.logger.log_metrics({"fewshot": metrics})
     return {"metrics": metrics, "markdown": markdown, "fairness": fairness, "methods": methods_info,
+            "training": fairness["training"],  # results.json lists it (experiments.run)
             "timing": {**timing, "per_method": per_method_timing}, "prompt": template.name, "scoring": scoring,
             "episodes_per_cell": n_episodes, "episode_seed": seed, "cells": [c.key for c in cells],
             "llm": backend.describe(), "records": copied}
