@@ -56,9 +56,28 @@ def markdown_table(rows: dict[str, dict], stand_in: bool) -> str:
     return "\n".join(lines)
 
 
+def excluded_eval_classes(data_cfg: dict, offline: bool, cache_dir: str) -> tuple[list[str], dict]:
+    """WordNet ids of the evaluation classes to keep out of pretraining (data.exclude_eval_classes), and a
+    record of what was looked at. Only a pretraining set that can carry class ids (hub or local files) needs
+    them; the embedded stand-ins have none."""
+    from spae.data.class_ids import evaluation_wordnet_ids
+
+    enabled = bool(data_cfg.get("exclude_eval_classes", True))
+    can_carry_ids = any(spec.get("adapter") in ("hf", "imagefolder")
+                        for spec in (data_cfg.get("pretrain") or {}).values())
+    by_set: dict[str, list[str]] = {}
+    if enabled and can_carry_ids:
+        specs = {role: ({**data_cfg[role], "cache_dir": cache_dir} if data_cfg.get(role) else None)
+                 for role in EVAL_ROLES}
+        by_set = evaluation_wordnet_ids(specs, offline)
+    ids = sorted({w for ws in by_set.values() for w in ws})
+    return ids, {"exclude_eval_classes": enabled, "evaluation_class_ids": {k: len(v) for k, v in by_set.items()}}
+
+
 @stage("data", config_keys=("data", "seed"))
 def prepare_data(ctx: StageContext) -> dict:
     from spae.data import drop_unreadable_images, load_split, save_prepared
+    from spae.data.class_ids import pretraining_split
     from spae.io import read_json, write_json_atomic
     from spae.data.prepared import prepared_path
 
@@ -68,18 +87,26 @@ def prepare_data(ctx: StageContext) -> dict:
     metrics: dict[str, dict] = {}
     saved: dict[str, str] = {}
     skipped: dict[str, list[str]] = {}
+    excluded, exclusion = excluded_eval_classes(cfg["data"], offline, cache_dir)
+    dropped_by_set: dict[str, dict] = {}
     for role, name, spec, split, limit in planned(cfg["data"]):
         key = f"{role}/{name}"
         target = prepared_path(ctx.out_dir, role, name)
         start = time.perf_counter()
         skipped_file = target.parent / f"{name}.skipped.json"
+        excluded_file = target.parent / f"{name}.excluded.json"  # pretraining sets: evaluation classes dropped
         if (target / "state.json").exists():  # resuming an interrupted stage
             from spae.data import load_prepared
             ds = load_prepared(ctx.out_dir, role, name)
             reasons = read_json(skipped_file) if skipped_file.exists() else []
         else:
-            ds = load_split({**spec, "cache_dir": cache_dir}, split, offline=offline, limit=limit,
-                            seed=int(cfg.get("seed", 0)))
+            if role == "pretrain":
+                ds, dropped = pretraining_split({**spec, "cache_dir": cache_dir}, offline=offline, limit=limit,
+                                                seed=int(cfg.get("seed", 0)), excluded=excluded)
+                write_json_atomic(excluded_file, {**exclusion, "excluded_class_ids": len(excluded), **dropped})
+            else:
+                ds = load_split({**spec, "cache_dir": cache_dir}, split, offline=offline, limit=limit,
+                                seed=int(cfg.get("seed", 0)))
             ds, reasons = drop_unreadable_images(ds)
             write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
             save_prepared(ds, ctx.out_dir, role, name)
@@ -89,10 +116,16 @@ def prepare_data(ctx: StageContext) -> dict:
             log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
             metrics[key]["skipped_images"] = len(reasons)
             skipped[key] = reasons[:20]
+        if role == "pretrain" and excluded_file.exists():
+            report = read_json(excluded_file)
+            dropped_by_set[name] = {k: report[k] for k in ("class_ids", "rows_dropped", "classes_dropped")}
+            if report["rows_dropped"]:
+                metrics[key]["eval_class_rows_dropped"] = report["rows_dropped"]
         saved[key] = str(Path(role) / name)
         log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
     numbers = {k: {m: v for m, v in r.items() if m != "caption_source"} for k, r in metrics.items()}
     if ctx.logger is not None:
         ctx.logger.log_metrics({"data": numbers})
     return {"metrics": numbers, "markdown": markdown_table(metrics, bool(cfg["data"].get("stand_in"))),
-            "datasets": saved, "stand_in": bool(cfg["data"].get("stand_in")), "skipped_images": skipped}
+            "datasets": saved, "stand_in": bool(cfg["data"].get("stand_in")), "skipped_images": skipped,
+            "eval_class_exclusion": {**exclusion, "excluded_class_ids": len(excluded), "pretraining": dropped_by_set}}

@@ -312,6 +312,34 @@ def image_digest(image) -> str:
     return hashlib.sha1(f"{image.mode}{image.size}".encode() + np.asarray(image).tobytes()).hexdigest()
 
 
+def eval_class_exclusion(data_dir: Path, names: list[str]) -> dict[str, dict]:
+    """{pretraining set: what data.exclude_eval_classes did to it} from the data stage's records."""
+    from spae.io import read_json
+
+    out = {}
+    for name in names:
+        path = Path(data_dir) / "pretrain" / f"{name}.excluded.json"
+        out[name] = read_json(path) if path.is_file() else {"exclude_eval_classes": None}
+    return out
+
+
+def exclusion_note(exclusion: dict[str, dict]) -> str:
+    parts = []
+    for name, r in exclusion.items():
+        if r.get("exclude_eval_classes") is None:
+            parts.append(f"{name}: not recorded (data prepared before data.exclude_eval_classes existed)")
+        elif not r["exclude_eval_classes"]:
+            parts.append(f"{name}: off (data.exclude_eval_classes=false), nothing dropped")
+        elif not r.get("excluded_class_ids"):
+            parts.append(f"{name}: on, but no evaluation set names WordNet ids, nothing dropped")
+        elif not r.get("class_ids"):
+            parts.append(f"{name}: on, but the set has no WordNet ids, nothing dropped")
+        else:
+            parts.append(f"{name}: on, {r['rows_dropped']} rows of {len(r['classes_dropped'])} of the "
+                         f"{r['excluded_class_ids']} evaluation classes dropped (by WordNet id)")
+    return "Evaluation classes excluded from pretraining: " + "; ".join(parts) + "." if parts else ""
+
+
 def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None,
                     training: dict[str, dict] | None = None) -> dict:
     """What the pretraining covered (datasets, classes shared with the evaluation), a check, by pixel
@@ -333,16 +361,21 @@ def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str
         checked, overlap = checked + n, overlap + hits
         sets[name] = {"images": len(ds), "classes": len(classes), "eval_classes_covered": shared,
                       "images_checked": n, "eval_images_found": hits}
+    exclusion = eval_class_exclusion(data_dir, names)
+    for name, report in exclusion.items():
+        sets[name]["eval_class_exclusion"] = report
     covered = "; ".join(f"{n}: {len(s['eval_classes_covered'])} of the {len(eval_set)} evaluation classes"
                         for n, s in sets.items())
     note = (f"classes covered by pretraining labels: {covered or 'none'}. "
             f"{overlap} of the {len(eval_hashes)} distinct evaluation images the episodes use were found among "
             f"{checked} pretraining images (pixel hashes)" + ("" if complete else ", a capped subset of them")
             + "; evaluation images come from the evaluation split, pretraining from the train split.")
+    note += " " + exclusion_note(exclusion)
     training = training or {}
     note += (" " + training_note(training)) if training_note(training) else ""
     return {"pretraining": sets, "eval_images": len(eval_hashes), "eval_images_in_pretraining": overlap,
-            "pretraining_images_checked": checked, "check_complete": complete, "training": training, "note": note}
+            "pretraining_images_checked": checked, "check_complete": complete, "training": training,
+            "eval_class_exclusion": exclusion, "note": note}
 
 
 # ------------------------------------------------------------------------------------------ report

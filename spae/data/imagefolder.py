@@ -13,6 +13,15 @@ from spae.errors import InvalidConfigError, InvalidInputError, MissingFileError
 
 @ADAPTERS.register("imagefolder")
 def load_imagefolder(spec: dict, split: str, offline: bool = True) -> datasets.Dataset:
+    raw = load_imagefolder_raw(spec, split)
+    folder = Path(os.path.expanduser(str(spec["path"])))
+    # Folder names are class names: "golden_retriever" and "golden-retriever" both read "golden retriever".
+    conform_spec = {**spec, "image_column": "image", "label_column": "label", "label_separators": "_-"}
+    return conform(raw, conform_spec, where=f"imagefolder {folder} (split {split!r})")
+
+
+def load_imagefolder_raw(spec: dict, split: str) -> datasets.Dataset:
+    """The folder's split as datasets reads it: `image` and a ClassLabel `label` of the folder names."""
     raw_path = spec.get("path")
     if not raw_path or raw_path == "???":
         raise InvalidConfigError("the imagefolder dataset needs a folder: set its path, e.g. "
@@ -33,6 +42,4 @@ def load_imagefolder(spec: dict, split: str, offline: bool = True) -> datasets.D
     if "label" not in raw.column_names:
         raise InvalidInputError(f"{folder} gave no labels: put the images in one sub-folder per class "
                          f"(e.g. {folder}/cat/1.jpg, {folder}/dog/2.jpg); columns found: {raw.column_names}")
-    # Folder names are class names: "golden_retriever" and "golden-retriever" both read "golden retriever".
-    conform_spec = {**spec, "image_column": "image", "label_column": "label", "label_separators": "_-"}
-    return conform(raw, conform_spec, where=f"imagefolder {folder} (split {split!r})")
+    return raw
