@@ -168,6 +168,7 @@ def steps_for_images(target_images: float, batch: int) -> int:
     they read fewer than one batch more than the target."""
     if not target_images > 0:
         raise InvalidConfigError(f"a training budget of {target_images} images: must be > 0")
-    steps = max(1, math.ceil(round(float(target_images), 6) / int(batch)))
-    assert 0 <= steps * batch - target_images < batch or steps == 1, (steps, batch, target_images)
+    target = round(float(target_images), 6)  # 1/3 x 4800 is 1600, not 1600.0000000000002
+    steps = max(1, math.ceil(target / int(batch)))
+    assert 0 <= steps * batch - target < batch or steps == 1, (steps, batch, target_images)
     return steps

@@ -79,7 +79,7 @@ def test_frozen_key_follows_the_tokenizers_budget():
     """Frozen's steps derive from trainer.max_steps and trainer.batch_size, so they are part of its identity."""
     base = composed()
     assert key("frozen_train", composed("trainer.max_steps=301")) != key("frozen_train", base)
-    assert key("frozen_train", composed("bench.methods.frozen.images_seen_ratio=0.5")) != key("frozen_train", base)
+    assert key("frozen_train", composed("bench.methods.frozen.images_seen_ratio=0.25")) != key("frozen_train", base)
 
 
 # ------------------------------------------------------------------------------------------ Frozen's budget
@@ -136,3 +136,12 @@ def test_ddp_processes_read_one_stream_of_effective_batches(resume_at):
     assert all(len(r) == steps - resume_at for r in ranks)  # every process runs every remaining step once
     for step, whole in enumerate(expected):
         assert sorted(i for r in ranks for i in r[step]) == sorted(whole)
+
+
+def test_steps_cover_the_target_images_within_one_batch():
+    from spae.training import steps_for_images
+
+    assert steps_for_images(4800 * (1 / 3), 8) == 200  # float noise in ratio x images does not add a step
+    assert steps_for_images(2400, 8) == 300 and steps_for_images(2401, 8) == 301 and steps_for_images(3, 8) == 1
+    with pytest.raises(InvalidConfigError):
+        steps_for_images(0, 8)

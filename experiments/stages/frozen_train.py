@@ -53,7 +53,7 @@ def frozen_budget(cfg: dict) -> dict:
     batch = effective_batch(trainer, int(method["batch_size"]))
     steps = steps_for_images(ratio * reference, batch)
     seen = images_seen(steps, batch)
-    assert 0 <= seen - ratio * reference < batch or steps == 1, (seen, ratio, reference, batch)
+    assert -1e-6 <= seen - ratio * reference < batch or steps == 1, (seen, ratio, reference, batch)
     return {"images_seen_ratio": float(ratio), "reference_images": reference, "effective_batch": batch,
             "steps": steps, "images_seen": seen}
 
