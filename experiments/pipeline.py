@@ -38,6 +38,9 @@ class StageSpec:
     version: int = 1  # bump when the stage's code changes what it produces
     distributed: bool = False  # trains with the Lightning Trainer: every DDP rank must take part (see worker_rank)
     report_deps: tuple[str, ...] = ()  # read for a summary report only: run first, not part of the key
+    # cfg -> values computed from the config that decide the output but are no single config path (e.g. the
+    # effective batch, devices x nodes x batch size); they join the key beside config_keys
+    derived: Callable[[dict], dict] | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -70,12 +73,12 @@ STAGES: Registry[StageSpec] = Registry("stage")
 
 
 def stage(name: str, deps: tuple[str, ...] = (), config_keys: tuple[str, ...] = (), version: int = 1,
-          distributed: bool = False, report_deps: tuple[str, ...] = ()):
+          distributed: bool = False, report_deps: tuple[str, ...] = (), derived: Callable[[dict], dict] | None = None):
     """Decorator that registers a stage function."""
 
     def decorator(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
         STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version, distributed,
-                                            tuple(report_deps)))
+                                        tuple(report_deps), derived))
         return fn
 
     return decorator
@@ -112,11 +115,19 @@ def resolve_order(targets: list[str]) -> list[str]:
     return order
 
 
+def stage_identity(spec: StageSpec, cfg: dict) -> dict:
+    """The config values a stage's output depends on: its declared paths, plus its derived values if any."""
+    identity: dict[str, Any] = {"config": {k: select(cfg, k) for k in spec.config_keys}}
+    if spec.derived is not None:  # only then: the keys of stages without derived values stay as they were
+        identity["derived"] = spec.derived(cfg)
+    return identity
+
+
 def stage_key(spec: StageSpec, cfg: dict, dep_keys: dict[str, str]) -> str:
     identity = {
         "stage": spec.name,
         "version": spec.version,
-        "config": {k: select(cfg, k) for k in spec.config_keys},
+        **stage_identity(spec, cfg),
         "deps": {d: dep_keys[d] for d in spec.deps},
     }
     return stable_hash(identity, length=16)
@@ -215,8 +226,8 @@ def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageR
         seconds = time.perf_counter() - start
         if spec.distributed:
             _leave_process_group()
-        identity = {k: select(cfg, k) for k in spec.config_keys}
-        write_json_atomic(marker, {"stage": spec.name, "key": key, "seconds": seconds,
-                                   "config": identity, "summary": summary})
+        identity = stage_identity(spec, cfg)
+        write_json_atomic(marker, {"stage": spec.name, "key": key, "seconds": seconds, **identity,
+                                   "summary": summary})
         log.info("stage %-12s done in %.1fs", spec.name, seconds)
         return StageResult(spec.name, key, out_dir, summary, False, seconds)

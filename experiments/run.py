@@ -206,10 +206,13 @@ def execute(cfg: DictConfig) -> Path:
         for name in DATA_STAGES:  # what every bench read (rows, classes, images per class), whatever its targets
             if name in results and name not in metrics:
                 metrics[name] = results[name].summary.get("metrics", {})
+        # pretraining images seen per trained method (the benches that compare methods report it)
+        training = {n: results[n].summary["training"] for n in targets if "training" in results[n].summary}
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
         payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,
                                 extra={"run_id": identity, "stages_reused": cached, "invocation": invocation,
+                                       **({"training": training} if training else {}),
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")
         logger.log_results(payload)

@@ -200,3 +200,5 @@ class TrainerConfig(ConfigSection):
     log_every_n_steps: int = 10
     progress_bar: bool = True
     progress_refresh: int = 5  # TQDM refresh rate in steps; not in the YAMLs
+    # pretraining images a compared method reads relative to the tokenizers (Frozen's steps derive from it)
+    images_seen_ratio: dict = field(default_factory=lambda: {"frozen": 0.5})

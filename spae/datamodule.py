@@ -157,10 +157,17 @@ class PretrainDataModule(pl.LightningDataModule):
         per_batch = getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1)
         return trainer.global_step // per_batch
 
+    def world_size(self) -> int:
+        return int(self.trainer.world_size) if self.trainer is not None else 1
+
     def train_dataloader(self) -> DataLoader:
         done = self.batches_done()
         remaining = max(self.total_batches - done, 1)
-        start, length = done * self.batch_size, remaining * self.batch_size
+        # Under DDP, Lightning deals this sampler's indices out to the processes in turn (rank r takes every
+        # world-th): the stream covers every process's batches, so each step reads the next effective batch of
+        # the one stream (before, each process read 1/world of it and then the same images again)
+        step_images = self.batch_size * self.world_size()
+        start, length = done * step_images, remaining * step_images
         if self.mix != "proportional" and len(self.dataset.parts) > 1:
             sizes = [len(part) for part in self.dataset.parts]
             sampler = MixedStreamSampler(sizes, mix_weights(sizes, self.mix), self.seed, start, length)

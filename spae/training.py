@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def _resume_mid_stream_callback():
 PROJECT_TRAINER_KEYS = frozenset({
     "max_steps",  # training batches; the stage converts them to optimizer steps
     "max_time_s", "batch_size", "num_workers", "checkpoint_every_n_steps", "progress_bar", "progress_refresh",
+    "images_seen_ratio",
 })
 # Trainer arguments the recipe sets itself: the run's length, checkpoints, logger and validation are the
 # stage's business (a user value would silently fight with them), so setting one is an error.
@@ -75,6 +77,13 @@ def split_trainer_config(trainer_cfg: "dict | TrainerConfig") -> tuple[TrainerCo
                                  f"{', '.join(valid)}.")
     typed = TrainerConfig.from_dict({k: v for k, v in trainer_cfg.items() if k in fields})
     return typed, extra
+
+
+def lightning_extras(trainer_cfg: dict) -> dict:
+    """The `trainer.*` keys passed through to Lightning beyond the typed ones (e.g. gradient_clip_val), for the
+    training stages' keys: they change the model, and a config without any keeps its key."""
+    _, extra = split_trainer_config(trainer_cfg)
+    return {"lightning_args": extra} if extra else {}
 
 
 def lightning_trainer_kwargs(trainer_cfg: "dict | TrainerConfig") -> dict:
@@ -141,3 +150,81 @@ def _frozen(module) -> tuple[str, ...]:
     prefixes = getattr(module, "_frozen_prefixes", None)
     return tuple(prefixes()) if callable(prefixes) else ()
 
+
+
+# ----------------------------------------------------------------------------------------- batch and budget
+def device_count(trainer_cfg: dict) -> int:
+    """Processes per node the Trainer will start for `trainer.devices`: an int (-1 = every visible GPU), a
+    list of device ids, "auto", or a string ("4", "0,1"). Explicit counts are taken as written (a key for an
+    8-GPU config is computed on any machine); -1 and "auto" count the visible devices, as Lightning does."""
+    devices = trainer_cfg.get("devices", 1)
+    accelerator = str(trainer_cfg.get("accelerator", "cpu")).lower()
+    if isinstance(devices, str):
+        text = devices.strip().lower()
+        if text == "auto":
+            return _visible_devices(accelerator)
+        if "," in text or text.startswith("["):
+            return len([d for d in text.strip("[]").split(",") if d.strip()])
+        try:
+            devices = int(text)
+        except ValueError:
+            raise InvalidConfigError(f"trainer.devices={devices!r} is not a count, a list of ids or 'auto'") from None
+    if isinstance(devices, (list, tuple)):
+        if not devices:
+            raise InvalidConfigError("trainer.devices is an empty list; give at least one device id")
+        return len(devices)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices == 0 or devices < -1:
+        raise InvalidConfigError(f"trainer.devices={devices!r}: use a count >= 1, -1 (every GPU), a list of ids "
+                                   "or 'auto'")
+    return _visible_devices(accelerator) if devices == -1 else devices
+
+
+def _visible_devices(accelerator: str) -> int:
+    """Lightning's count for devices=-1 or "auto": every visible GPU, else one CPU process."""
+    import torch
+
+    gpus = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 0
+    if gpus:
+        return gpus
+    if accelerator in ("gpu", "cuda"):
+        raise InvalidConfigError(f"trainer.devices asks for every visible GPU (accelerator={accelerator}) but "
+                                   "none is visible; set trainer.devices to a count or use trainer=cpu")
+    return 1  # CPU (and MPS): one process
+
+
+def world_size(trainer_cfg: dict) -> int:
+    """Training processes in all: devices per node x nodes."""
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    if nodes < 1:
+        raise InvalidConfigError(f"trainer.num_nodes={nodes}: must be >= 1")
+    return device_count(trainer_cfg) * nodes
+
+
+def effective_batch(trainer_cfg: dict, per_device_batch: int | None = None) -> int:
+    """Images per optimiser step over all processes: devices x nodes x per-device batch x gradient accumulation.
+    `per_device_batch` defaults to trainer.batch_size (Frozen passes its own method.batch_size)."""
+    batch = int(trainer_cfg["batch_size"] if per_device_batch is None else per_device_batch)
+    if batch < 1:
+        raise InvalidConfigError(f"batch size {batch}: must be >= 1")
+    accumulation = int(trainer_cfg.get("accumulate_grad_batches", 1) or 1)
+    if accumulation != 1:
+        # the data modules count one batch per optimiser step (stream position, resume): not wired for more
+        raise InvalidConfigError(f"trainer.accumulate_grad_batches={accumulation} is not supported (the training "
+                                   "stages consume one batch per optimiser step); raise trainer.batch_size instead")
+    return world_size(trainer_cfg) * batch * accumulation
+
+
+def images_seen(steps: int, batch: int) -> int:
+    """Pretraining images a run reads (repeats counted): optimiser steps x effective batch."""
+    return int(steps) * int(batch)
+
+
+def steps_for_images(target_images: float, batch: int) -> int:
+    """The fewest optimiser steps of `batch` images that read at least `target_images` (at least one step);
+    they read fewer than one batch more than the target."""
+    if not target_images > 0:
+        raise InvalidConfigError(f"a training budget of {target_images} images: must be > 0")
+    target = round(float(target_images), 6)  # 1/3 x 4800 is 1600, not 1600.0000000000002
+    steps = max(1, math.ceil(target / int(batch)))
+    assert 0 <= steps * batch - target < batch or steps == 1, (steps, batch, target_images)
+    return steps

@@ -22,7 +22,7 @@ TINY = ["model.image_size=16", "model.latent_size=4", "model.channels=[8,16,16]"
         "clip.train.batch_size=4", "clip.train.warmup_steps=1", "clip.train.checkpoint_every=1"]
 METHODS = ["bench.methods.spae.loss.perceptual=none", "bench.methods.lqae.loss.perceptual=none",
            "bench.methods.spae.semantic.num_negatives=null", "bench.methods.frozen.backbone=conv",
-           "bench.methods.frozen.pretrained_backbone=false", "bench.methods.frozen.max_steps=2",
+           "bench.methods.frozen.pretrained_backbone=false", "bench.methods.frozen.images_seen_ratio=1.0",
            "bench.methods.frozen.batch_size=4", "bench.methods.frozen.heldout_images=2",
            "bench.methods.frozen.heldout_max_new_tokens=2", "bench.methods.frozen.image_size=16"]
 
@@ -53,6 +53,12 @@ def test_real_stages_train_once_and_the_bench_reuses_them(tmp_path):
     assert next(m for m in info.values() if m["method"] == "frozen")["tokens_per_image"] == 2
     trained = {m["model_stage"] for m in info.values() if m["model_stage"]}
     assert len(trained) == 3  # spae, lqae, frozen: one model each, SPAE's shared by its two entries
+    # every trained method read the same pretraining images (2 steps x 4), listed in results.json and the report
+    budgets = results["training"]["fewshot_eval"]
+    assert {m: b["images_seen"] for m, b in budgets.items()} == {"spae": 8, "lqae": 8, "frozen": 8}
+    assert budgets["frozen"]["images_seen_ratio"] == 1.0 and summary["summary"]["fairness"]["training"] == budgets
+    assert "Pretraining images seen (steps x effective batch): frozen 8, lqae 8, spae 8." in \
+        summary["summary"]["fairness"]["note"]
     # another bench (other cells) reuses every trained model
     again = json.loads(execute(cfg("bench.cells=[{n_way: 2, shots: 1, repeats: 0, task_induction: false}]")).read_text())
     info2 = json.loads(next(p for p in (tmp_path / "cache" / "stages" / "fewshot_eval").glob("*/_SUCCESS.json")

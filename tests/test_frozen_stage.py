@@ -23,7 +23,8 @@ def overrides(tmp_path, fm, llm_dir) -> list[str]:
             "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
             "llm=hf", f"llm.model_id={llm_dir}", "llm.dtype=float32",
             "method=frozen", "method.backbone=conv", "method.pretrained_backbone=false", "method.image_size=32",
-            "method.max_steps=3", "method.batch_size=4", "method.heldout_images=4",
+            "trainer.max_steps=3", "trainer.batch_size=4", "method.batch_size=4", "method.images_seen_ratio=1.0",
+            "method.heldout_images=4",
             "method.heldout_max_new_tokens=3", "method.checkpoint_every_n_steps=1"]
 
 
@@ -48,6 +49,9 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
     (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
     assert summary["steps"] == 3 and summary["pretrain_images"] == 24 and summary["heldout_images"] == 4
+    # its steps follow from the tokenizers' budget: 3 steps x 4 images, as many images as they read
+    assert summary["images_seen"] == summary["reference_images"] == 12 and summary["images_seen_ratio"] == 1.0
+    assert "12 images seen (1 x the tokenizers' 12)" in summary["markdown"]
     assert len(summary["samples"]) == 4 and "| classification/fashion_mnist |" in summary["markdown"]
     assert (stage_dir / "checkpoints" / "last.ckpt").is_file()
     encoder = load_frozen_encoder(stage_dir, expected_llm="hf")

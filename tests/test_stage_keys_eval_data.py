@@ -64,3 +64,14 @@ def test_changing_the_pretraining_data_retrains():
     for model, stage in (("spae", "train"), ("lqae", "train"), ("frozen", "frozen_train")):
         assert fewer[model][stage] != base[model][stage]
     assert fewer["spae"]["clip"] != base["spae"]["clip"] and fewer["spae"]["codebook"] == base["spae"]["codebook"]
+
+
+def test_with_class_exclusion_the_evaluation_classes_decide_the_pretraining_rows(tmp_path):
+    """data=paper pretrains on ImageNet with data.exclude_eval_classes: which rows are dropped depends on the
+    evaluation sets, so there (and only there) they join pretrain_data's key."""
+    dirs = [f"paths.cache_dir={tmp_path}", f"paths.runs_dir={tmp_path}"]
+    base = ["+bench=smoke", "data=paper", *dirs]
+    before = keys_of(["pretrain_data"], resolved(base))
+    other = keys_of(["pretrain_data"], resolved([*base, "data.classification.path=/elsewhere"]))
+    off = keys_of(["pretrain_data"], resolved([*base, "data.exclude_eval_classes=false"]))
+    assert before["pretrain_data"] != other["pretrain_data"] and before["pretrain_data"] != off["pretrain_data"]

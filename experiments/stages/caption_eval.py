@@ -197,6 +197,8 @@ def methods_info(run: InContextRun) -> dict:
         info[run.labels[m.slug]] = {"slug": m.slug, "method": m.method, "layers": m.layers, "k": m.k,
                                     "model_stage": f"{model.name}/{model.key}" if model else None,
                                     "model_reused": model.cached if model else None,
+                                    # pretraining images the model saw (steps x effective batch)
+                                    "images_seen": model.summary.get("images_seen") if model else None,
                                     "first_prompt_chars": len(first)}
     return info
 

@@ -82,8 +82,42 @@ def markdown_table(rows: dict[str, dict], stand_in: bool, title: str = "Data", n
     return "\n".join(lines)
 
 
-# 2: the former `data` stage's pretraining half; per-class image counts; reference_answers column
-@stage("pretrain_data", config_keys=("data.pretrain", "data.max_pretrain_images", "seed"), version=2)
+def exclusion_applies(data_cfg: dict) -> bool:
+    """Only a pretraining set that can carry class ids (hub or local files) can hold evaluation classes by id."""
+    return any(spec.get("adapter") in ("hf", "imagefolder") for spec in (data_cfg.get("pretrain") or {}).values())
+
+
+def excluded_eval_classes(data_cfg: dict, offline: bool, cache_dir: str) -> tuple[list[str], dict]:
+    """WordNet ids of the evaluation classes to keep out of pretraining (data.exclude_eval_classes), and a
+    record of what was looked at. Only a pretraining set that can carry class ids (hub or local files) needs
+    them; the embedded stand-ins have none."""
+    from spae.data.class_ids import evaluation_wordnet_ids
+
+    enabled = bool(data_cfg.get("exclude_eval_classes", True))
+    by_set: dict[str, list[str]] = {}
+    if enabled and exclusion_applies(data_cfg):
+        specs = {role: ({**data_cfg[role], "cache_dir": cache_dir} if data_cfg.get(role) else None)
+                 for role in EVAL_ROLES}
+        by_set = evaluation_wordnet_ids(specs, offline)
+    ids = sorted({w for ws in by_set.values() for w in ws})
+    return ids, {"exclude_eval_classes": enabled, "evaluation_class_ids": {k: len(v) for k, v in by_set.items()}}
+
+
+def exclusion_identity(cfg: dict) -> dict:
+    """Derived part of pretrain_data's key: with data.exclude_eval_classes on and a pretraining set that can
+    carry class ids, the evaluation sets decide which rows are dropped, so they join the key; otherwise
+    nothing joins it (the embedded stand-ins carry no ids: changing only the evaluation data reuses them)."""
+    data_cfg = cfg["data"]
+    if not exclusion_applies(data_cfg):
+        return {}
+    return {"exclude_eval_classes": bool(data_cfg.get("exclude_eval_classes", True)),
+            "evaluation_sets": {role: data_cfg.get(role) for role in EVAL_ROLES}}
+
+
+# 2: the former `data` stage's pretraining half; per-class image counts; reference_answers column; evaluation
+#    classes' WordNet ids dropped from pretraining (data.exclude_eval_classes)
+@stage("pretrain_data", config_keys=("data.pretrain", "data.max_pretrain_images", "seed"), version=2,
+       derived=exclusion_identity)
 def prepare_pretrain_data(ctx: StageContext) -> dict:
     return prepare_data(ctx, planned_pretrain(ctx.cfg["data"]), "pretrain_data", "Pretraining data", stand_in=False)
 
@@ -98,6 +132,7 @@ def prepare_eval_data(ctx: StageContext) -> dict:
 
 def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, stand_in: bool) -> dict:
     from spae.data import drop_unreadable_images, load_split, save_prepared
+    from spae.data.class_ids import pretraining_split
     from spae.data.imagefolder import class_counts_line
     from spae.io import read_json, write_json_atomic
     from spae.data.prepared import prepared_path
@@ -112,18 +147,27 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
     notes: dict[str, str] = {}
     if not plan:
         log.info("%s: the data setup names none", title.lower())
+    pretraining = any(role == "pretrain" for role, *_ in plan)
+    excluded, exclusion = excluded_eval_classes(cfg["data"], offline, cache_dir) if pretraining else ([], {})
+    dropped_by_set: dict[str, dict] = {}
     for role, name, spec, split, limit in plan:
         key = f"{role}/{name}"
         target = prepared_path(ctx.out_dir, role, name)
         start = time.perf_counter()
         skipped_file = target.parent / f"{name}.skipped.json"
+        excluded_file = target.parent / f"{name}.excluded.json"  # pretraining sets: evaluation classes dropped
         if (target / "state.json").exists():  # resuming an interrupted stage
             from spae.data import load_prepared
             ds = load_prepared(ctx.out_dir, role, name)
             reasons = read_json(skipped_file) if skipped_file.exists() else []
         else:
-            ds = load_split({**spec, "cache_dir": cache_dir}, split, offline=offline, limit=limit,
-                            seed=int(cfg.get("seed", 0)))
+            if role == "pretrain":
+                ds, dropped = pretraining_split({**spec, "cache_dir": cache_dir}, offline=offline, limit=limit,
+                                                seed=int(cfg.get("seed", 0)), excluded=excluded)
+                write_json_atomic(excluded_file, {**exclusion, "excluded_class_ids": len(excluded), **dropped})
+            else:
+                ds = load_split({**spec, "cache_dir": cache_dir}, split, offline=offline, limit=limit,
+                                seed=int(cfg.get("seed", 0)))
             ds, reasons = drop_unreadable_images(ds)
             write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
             save_prepared(ds, ctx.out_dir, role, name)
@@ -133,6 +177,11 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
             log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
             metrics[key]["skipped_images"] = len(reasons)
             skipped[key] = reasons[:20]
+        if role == "pretrain" and excluded_file.exists():
+            report = read_json(excluded_file)
+            dropped_by_set[name] = {k: report[k] for k in ("class_ids", "rows_dropped", "classes_dropped")}
+            if report["rows_dropped"]:
+                metrics[key]["eval_class_rows_dropped"] = report["rows_dropped"]
         saved[key] = str(Path(role) / name)
         log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
         per_class[key] = class_counts(ds)
@@ -145,5 +194,9 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
         ctx.logger.log_metrics({stage_name: numbers})
     for key, counts in per_class.items():  # in results.json, not among the logged scalars
         numbers[key]["images_per_class"] = counts
-    return {"metrics": numbers, "markdown": markdown_table(metrics, stand_in, title, notes),
-            "datasets": saved, "stand_in": stand_in, "skipped_images": skipped, "notes": notes}
+    summary = {"metrics": numbers, "markdown": markdown_table(metrics, stand_in, title, notes),
+               "datasets": saved, "stand_in": stand_in, "skipped_images": skipped, "notes": notes}
+    if pretraining:
+        summary["eval_class_exclusion"] = {**exclusion, "excluded_class_ids": len(excluded),
+                                           "pretraining": dropped_by_set}
+    return summary

@@ -312,6 +312,30 @@ def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained:
 
 
 # ------------------------------------------------------------------------------------------ fairness
+def training_budgets(trained: dict[str, StageResult]) -> dict[str, dict]:
+    """{model: steps, effective batch, pretraining images seen and their ratio to the tokenizers'} for every
+    trained model, from its training stage's summary: the compared methods' pretraining, side by side."""
+    out = {}
+    for model, result in sorted(trained.items()):
+        s = result.summary
+        seen = s.get("images_seen")
+        if seen is None:  # a summary written before images seen were counted
+            out[model] = {"stage": result.name, "images_seen": None, "note": "not recorded by this cached model"}
+            continue
+        out[model] = {"stage": result.name, "steps": s.get("steps"), "effective_batch": s.get("effective_batch"),
+                      "images_seen": seen,
+                      # tokenizers are the reference (1.0); Frozen states its ratio (method.images_seen_ratio)
+                      "images_seen_ratio": s.get("images_seen_ratio", 1.0)}
+    return out
+
+
+def training_note(budgets: dict[str, dict]) -> str:
+    parts = [f"{m} {b['images_seen']}" + (f" ({b['images_seen_ratio']:g} x the tokenizers')"
+                                          if b.get("images_seen_ratio", 1.0) != 1.0 else "")
+             for m, b in budgets.items() if b.get("images_seen") is not None]
+    return ("Pretraining images seen (steps x effective batch): " + ", ".join(parts) + ".") if parts else ""
+
+
 def image_digest(image) -> str:
     """Hash of an image's pixels (mode and size included)."""
     import numpy as np
@@ -319,9 +343,39 @@ def image_digest(image) -> str:
     return hashlib.sha1(f"{image.mode}{image.size}".encode() + np.asarray(image).tobytes()).hexdigest()
 
 
-def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None) -> dict:
-    """What the pretraining covered (datasets, classes shared with the evaluation) and a check, by pixel
-    hashes, that no image an episode shows was among the pretraining images."""
+def eval_class_exclusion(data_dir: Path, names: list[str]) -> dict[str, dict]:
+    """{pretraining set: what data.exclude_eval_classes did to it} from the data stage's records."""
+    from spae.io import read_json
+
+    out = {}
+    for name in names:
+        path = Path(data_dir) / "pretrain" / f"{name}.excluded.json"
+        out[name] = read_json(path) if path.is_file() else {"exclude_eval_classes": None}
+    return out
+
+
+def exclusion_note(exclusion: dict[str, dict]) -> str:
+    parts = []
+    for name, r in exclusion.items():
+        if r.get("exclude_eval_classes") is None:
+            parts.append(f"{name}: not recorded (data prepared before data.exclude_eval_classes existed)")
+        elif not r["exclude_eval_classes"]:
+            parts.append(f"{name}: off (data.exclude_eval_classes=false), nothing dropped")
+        elif not r.get("excluded_class_ids"):
+            parts.append(f"{name}: on, but no evaluation set names WordNet ids, nothing dropped")
+        elif not r.get("class_ids"):
+            parts.append(f"{name}: on, but the set has no WordNet ids, nothing dropped")
+        else:
+            parts.append(f"{name}: on, {r['rows_dropped']} rows of {len(r['classes_dropped'])} of the "
+                         f"{r['excluded_class_ids']} evaluation classes dropped (by WordNet id)")
+    return "Evaluation classes excluded from pretraining: " + "; ".join(parts) + "." if parts else ""
+
+
+def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None,
+                    training: dict[str, dict] | None = None) -> dict:
+    """What the pretraining covered (datasets, classes shared with the evaluation), a check, by pixel
+    hashes, that no image an episode shows was among the pretraining images, and (`training`, from
+    training_budgets) how many pretraining images each trained method saw."""
     from spae.data import load_prepared
 
     eval_hashes = {image_digest(img) for img in eval_rows}
@@ -338,14 +392,21 @@ def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str
         checked, overlap = checked + n, overlap + hits
         sets[name] = {"images": len(ds), "classes": len(classes), "eval_classes_covered": shared,
                       "images_checked": n, "eval_images_found": hits}
+    exclusion = eval_class_exclusion(data_dir, names)
+    for name, report in exclusion.items():
+        sets[name]["eval_class_exclusion"] = report
     covered = "; ".join(f"{n}: {len(s['eval_classes_covered'])} of the {len(eval_set)} evaluation classes"
                         for n, s in sets.items())
     note = (f"classes covered by pretraining labels: {covered or 'none'}. "
             f"{overlap} of the {len(eval_hashes)} distinct evaluation images the episodes use were found among "
             f"{checked} pretraining images (pixel hashes)" + ("" if complete else ", a capped subset of them")
             + "; evaluation images come from the evaluation split, pretraining from the train split.")
+    note += " " + exclusion_note(exclusion)
+    training = training or {}
+    note += (" " + training_note(training)) if training_note(training) else ""
     return {"pretraining": sets, "eval_images": len(eval_hashes), "eval_images_in_pretraining": overlap,
-            "pretraining_images_checked": checked, "check_complete": complete, "note": note}
+            "pretraining_images_checked": checked, "check_complete": complete, "training": training,
+            "eval_class_exclusion": exclusion, "note": note}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -471,7 +532,7 @@ def fewshot_eval(ctx: StageContext) -> dict:
     metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained,
                                                                             scoring, choice)
     fairness = fairness_report(ctx.input_dir("pretrain_data"), cfg, images, sorted(set(label_names)),
-                               bench.get("fairness_max_images"))
+                               bench.get("fairness_max_images"), training_budgets(trained))
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
@@ -486,6 +547,7 @@ def fewshot_eval(ctx: StageContext) -> dict:
         ctx.logger.log_metrics({"fewshot": _numbers_only(metrics)})
     return {"metrics": metrics, "metric_labels": metric_labels(scoring, choice), "markdown": markdown,
             "fairness": fairness, "methods": methods_info,
+            "training": fairness["training"],  # results.json lists it (experiments.run)
             "timing": {**timing, "per_method": per_method_timing}, "prompt": template.name, "scoring": scoring,
             "episodes_per_cell": n_episodes, "episode_seed": seed, "cells": [c.key for c in cells],
             "llm": backend.describe(), "records": copied}

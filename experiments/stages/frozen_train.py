@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
-from experiments.stages.train import stop_if_paused
-from spae.training import build_trainer
+from experiments.stages.train import check_world_size, stop_if_paused
+from spae.errors import InvalidConfigError
+from spae.training import build_trainer, effective_batch, images_seen, lightning_extras, steps_for_images
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,33 @@ def frozen_method(cfg: dict) -> dict:
                          f"(llm backend hf_local); llm={cfg['llm'].get('name')!r} uses "
                          f"{cfg['llm'].get('backend')!r}. Choose e.g. llm=gemma3_270m or llm=hf.")
     return method
+
+
+def frozen_budget(cfg: dict) -> dict:
+    """Frozen's training length, derived so that the compared methods get the same pretraining: it reads
+    method.images_seen_ratio x the images a tokenizer reads (trainer.max_steps x the trainer's effective
+    batch), in steps of its own effective batch (method.batch_size per process, the trainer's processes)."""
+    method, trainer = cfg["method"], cfg["trainer"]
+    if method.get("max_steps") is not None:
+        raise InvalidConfigError(f"method.max_steps={method['max_steps']} is not read: Frozen's steps follow from "
+                                 "method.images_seen_ratio (pretraining images relative to the tokenizers', "
+                                 "trainer.max_steps x trainer.batch_size x processes); set that instead")
+    ratio = method.get("images_seen_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        raise InvalidConfigError(f"method.images_seen_ratio={ratio!r}: give a number > 0 (1.0 = as many pretraining "
+                                 "images as the tokenizers read)")
+    reference = images_seen(int(trainer["max_steps"]), effective_batch(trainer))
+    batch = effective_batch(trainer, int(method["batch_size"]))
+    steps = steps_for_images(ratio * reference, batch)
+    seen = images_seen(steps, batch)
+    assert -1e-6 <= seen - ratio * reference < batch or steps == 1, (seen, ratio, reference, batch)
+    return {"images_seen_ratio": float(ratio), "reference_images": reference, "effective_batch": batch,
+            "steps": steps, "images_seen": seen}
+
+
+def frozen_identity(cfg: dict) -> dict:
+    """Derived part of frozen_train's key: its effective batch and step count (trainer.* enters only here)."""
+    return {**frozen_budget({**cfg, "method": frozen_method(cfg)}), **lightning_extras(cfg["trainer"])}
 
 
 def heldout_rows(data_dir: Path, data_cfg: dict, total: int, seed: int) -> list[dict]:
@@ -109,8 +137,9 @@ def zero_shot_captions(encoder, loaded, rows: list[dict], method: dict) -> tuple
 def markdown(summary: dict, samples: list[list]) -> str:
     m = summary["metrics"]
     lines = [f"### Frozen baseline training ({summary['llm']}, {summary['n_prefix']} prefix embeddings)", "",
-             f"{summary['steps']} steps of batch {summary['batch_size']} in {summary['fit_seconds']} s "
-             f"({summary['pretrain_images']} pretraining pairs"
+             f"{summary['steps']} steps of batch {summary['effective_batch']} = {summary['images_seen']} images seen "
+             f"({summary['images_seen_ratio']:g} x the tokenizers' {summary['reference_images']}) in "
+             f"{summary['fit_seconds']} s ({summary['pretrain_images']} pretraining pairs"
              + (", stopped by the time cap" if summary["stopped_by_time"] else "") + ").", "",
              "| held-out set | caption loss before | after | greedy caption names the class (zero-shot) |",
              "|---|---:|---:|---:|"]
@@ -123,10 +152,13 @@ def markdown(summary: dict, samples: list[list]) -> str:
     return "\n".join(lines)
 
 
-# 2: punctuation-insensitive class check. The held-out check reads the evaluation sets (a report only): a
-# new evaluation set reuses the trained encoder, whose summary names the sets the check was measured on.
-@stage("frozen_train", deps=("pretrain_data",), report_deps=("eval_data",), version=2, distributed=True,
-       config_keys=("method", "llm", "trainer", "data.pretrain", "data.max_pretrain_images", "seed"))
+# 2: punctuation-insensitive class check; 3: steps derived from method.images_seen_ratio (frozen_budget).
+# The held-out check reads the evaluation sets (a report only): a new evaluation set reuses the trained
+# encoder, whose summary names the sets the check was measured on.
+@stage("frozen_train", deps=("pretrain_data",), report_deps=("eval_data",), version=3, distributed=True,
+       derived=frozen_identity,
+       # of trainer.*, steps and batch enter through frozen_identity (effective batch, steps); max_time_s never
+       config_keys=("method", "llm", "trainer.precision", "data.pretrain", "data.max_pretrain_images", "seed"))
 def frozen_train(ctx: StageContext) -> dict:
     import pytorch_lightning as pl
     import torch
@@ -141,6 +173,7 @@ def frozen_train(ctx: StageContext) -> dict:
     method = frozen_method(cfg)
     if (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file():  # finished but not marked
         return read_json(out / CONFIG_FILE)["summary"]
+    budget = frozen_budget(cfg)
     seed = int(cfg.get("seed", 0))
     pl.seed_everything(seed, workers=True)
     loaded = load_llm(cfg["llm"], cfg["paths"]["cache_dir"])
@@ -157,8 +190,8 @@ def frozen_train(ctx: StageContext) -> dict:
     names = sorted((cfg["data"].get("pretrain") or {}).keys())
     if not names:
         raise ValueError("data.pretrain names no dataset of image-caption pairs to train Frozen on")
-    dm = CaptionDataModule([load_prepared(ctx.input_dir("pretrain_data"), "pretrain", n) for n in names], int(method["image_size"]),
-                           int(method["batch_size"]), seed, total_batches=int(method["max_steps"]),
+    dm = CaptionDataModule([load_prepared(ctx.input_dir("pretrain_data"), "pretrain", n) for n in names],
+                           int(method["image_size"]), int(method["batch_size"]), seed, total_batches=budget["steps"],
                            num_workers=int(cfg["trainer"].get("num_workers", 0)))
     rows = heldout_rows(ctx.input_dir("eval_data"), cfg["data"], int(method["heldout_images"]), seed)
 
@@ -170,16 +203,18 @@ def frozen_train(ctx: StageContext) -> dict:
         before = heldout_loss(module, rows, int(method["image_size"]))
         write_json_atomic(out / BEFORE_FILE, before)
     logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
-    trainer = build_trainer(cfg["trainer"], out, logger, max_steps=int(method["max_steps"]),
+    trainer = build_trainer(cfg["trainer"], out, logger, max_steps=budget["steps"],
                             max_time_s=method.get("max_time_s"),
                             checkpoint_every=int(method["checkpoint_every_n_steps"]))
-    log.info("frozen_train: %s prefix x %d for %s, %d pretraining pairs, resume=%s",
-             method["n_prefix"], hidden, loaded.name, len(dm.dataset), resumed)
+    check_world_size(trainer, cfg["trainer"])
+    log.info("frozen_train: %s prefix x %d for %s, %d pretraining pairs, %d steps x %d = %d images seen (%g x the "
+             "tokenizers'), resume=%s", method["n_prefix"], hidden, loaded.name, len(dm.dataset), budget["steps"],
+             budget["effective_batch"], budget["images_seen"], budget["images_seen_ratio"], resumed)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None, weights_only=True)
     seconds = time.perf_counter() - start
     steps = int(trainer.global_step)
-    stop_if_paused(steps, int(method["max_steps"]), method.get("max_time_s"), "method.max_time_s", out)
+    stop_if_paused(steps, budget["steps"], method.get("max_time_s"), "method.max_time_s", out)
 
     module.to(loaded.model.device)  # the check runs where the LLM is (Lightning returns the module to the CPU)
     after = heldout_loss(module, rows, int(method["image_size"]))
@@ -192,9 +227,12 @@ def frozen_train(ctx: StageContext) -> dict:
         "embed_dim": hidden,
         "backbone": method["backbone"],
         "steps": steps,
-        "max_steps": int(method["max_steps"]),
-        "stopped_by_time": steps < int(method["max_steps"]),
-        "batch_size": int(method["batch_size"]),
+        "max_steps": budget["steps"],
+        "stopped_by_time": steps < budget["steps"],
+        "batch_size": int(method["batch_size"]),  # per process
+        "world_size": trainer.world_size,
+        **{k: budget[k] for k in ("effective_batch", "images_seen_ratio", "reference_images")},
+        "images_seen": images_seen(steps, budget["effective_batch"]),  # repeats counted
         "pretrain_images": len(dm.dataset),
         "pretrain_datasets": names,
         "heldout_images": len(rows),

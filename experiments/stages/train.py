@@ -15,7 +15,8 @@ from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
 from spae.errors import UserError
-from spae.training import build_trainer, check_resume_checkpoint
+from spae.training import (build_trainer, check_resume_checkpoint, effective_batch, images_seen, lightning_extras,
+                           world_size)
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,26 @@ def stop_if_paused(steps: int, max_steps: int, cap_s, cap_key: str, out_dir: Pat
                              f"(it resumes there), or raise {cap_key} (null = no cap)")
 
 
-@stage("train", deps=("pretrain_data", "codebook", "clip"), distributed=True,
+def training_batch(cfg: dict) -> dict:
+    """Derived identity of the train stage: images per optimiser step over every process. A tokenizer trained
+    on one device is not the one an 8-device config asks for (8x the images per step and in all). Lightning
+    arguments passed through `trainer.*` (e.g. gradient_clip_val) join it when set."""
+    return {"effective_batch": effective_batch(cfg["trainer"]), **lightning_extras(cfg["trainer"])}
+
+
+def check_world_size(trainer, trainer_cfg: dict) -> None:
+    """The key was computed from the config's device count; the Trainer must have started exactly that many."""
+    expected = world_size(trainer_cfg)
+    if trainer.world_size != expected:
+        raise RuntimeError(f"the Trainer runs {trainer.world_size} process(es) but trainer.devices x num_nodes gives "
+                           f"{expected}; the stage key (effective batch) would be wrong")
+
+
+@stage("train", deps=("pretrain_data", "codebook", "clip"), distributed=True, derived=training_batch,
        version=2,  # 2: semantic loss without the image's own candidates among its negatives
-       # trainer.max_time_s is no key: a cap that binds pauses the stage (see stop_if_paused), never shortens it
+       # trainer.max_time_s is no key: a cap that binds pauses the stage (see stop_if_paused), never shortens it.
+       # The per-device batch stays a key beside the effective batch: the semantic loss's negatives and the
+       # LeCam statistics are per process, so 2 devices x 8 is not the same training as 1 x 16.
        config_keys=("model", "method", "trainer.max_steps", "trainer.batch_size",
                     "trainer.precision", "codebook", "clip", "data.pretrain", "data.max_pretrain_images", "seed"))
 def train_stage(ctx: StageContext) -> dict:
@@ -99,6 +117,7 @@ def train_stage(ctx: StageContext) -> dict:
     trainer = build_trainer(tr, out, logger, max_steps=int(tr["max_steps"]) * per_batch,
                             max_time_s=tr.get("max_time_s"),
                             checkpoint_every=int(tr.get("checkpoint_every_n_steps", 50)) * per_batch)
+    check_world_size(trainer, tr)
     last = out / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
     log.info("train %s: %s, %d pretraining images, resume=%s", config["method"]["name"], module.describe(),
@@ -117,8 +136,10 @@ def train_stage(ctx: StageContext) -> dict:
         "steps": module.iteration,
         "max_steps": int(tr["max_steps"]),
         "stopped_by_time": module.iteration < int(tr["max_steps"]),
-        "batch_size": int(tr["batch_size"]),  # per process; the effective batch is batch_size x world_size
+        "batch_size": int(tr["batch_size"]),  # per process
         "world_size": trainer.world_size,
+        "effective_batch": effective_batch(tr),  # images per step over all processes
+        "images_seen": images_seen(module.iteration, effective_batch(tr)),  # repeats counted
         "pretrain_images": len(dm.dataset),
         "pretrain_datasets": names,
         "resumed": resumed,

@@ -231,11 +231,18 @@ def class_counts_line(counts: dict[str, int], shown: int = 20) -> str:
             + ", ".join(f"{name}: {n}" for name, n in ordered[:5]))
 
 
+def load_imagefolder_raw(spec: dict, split: str) -> datasets.Dataset:
+    """The folder's split as read by the rules above: `image`, and a ClassLabel `label` of the folder names
+    (as written, before conform's "_"/"-" -> space) when it has class folders."""
+    folder = _check_folder(spec.get("path"))
+    split_folders = tuple(spec.get("split_folders") or SPLIT_FOLDERS)
+    return read_folder(folder, split, split_folders, hf_cache_dir(spec))
+
+
 @ADAPTERS.register("imagefolder")
 def load_imagefolder(spec: dict, split: str, offline: bool = True) -> datasets.Dataset:
     folder = _check_folder(spec.get("path"))
-    split_folders = tuple(spec.get("split_folders") or SPLIT_FOLDERS)
-    raw = read_folder(folder, split, split_folders, hf_cache_dir(spec))
+    raw = load_imagefolder_raw(spec, split)
     labelled = "label" in raw.column_names
     # Folder names are class names: "golden_retriever" and "golden-retriever" both read "golden retriever".
     conform_spec = {**spec, "image_column": "image", "label_column": "label" if labelled else None,
