@@ -223,7 +223,7 @@ def test_every_frozen_backbone_trains_one_step_through_the_stage(backbone, tmp_p
     peaky_llama(len(tok)).save_pretrained(tmp_path / "llm")
     tok.save_pretrained(tmp_path / "llm")
     cfg = compose([*overrides(tmp_path, fm, tmp_path / "llm"), f"method.backbone={backbone}",
-                   f"method.pretrained_backbone={backbone != 'conv'}", "method.max_steps=1"])
+                   f"method.pretrained_backbone={backbone != 'conv'}", "trainer.max_steps=1"])
     execute(cfg)
     (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
