@@ -123,7 +123,6 @@ class LossConfig(ConfigSection):
     prefix_recon: str = "stratified"  # stratified | all | random | none
     prefix_weight: float = 1.0
     ssim_weight: float = 2.0
-    prefix_order_weight: float = 0.0
     perceptual: Optional[str] = "efficientnet_lite0"  # efficientnet_lite0 | lpips_vgg | lpips_alex | none
     perceptual_weight: float = 0.1
     perceptual_min_size: int = 32
@@ -158,7 +157,7 @@ class MethodConfig(ConfigSection):
     beta: float = 0.005  # commitment weight
     pooling: str = "mean"  # mean | subsample
     latent_norm: str = "codebook"  # codebook | none
-    pretrain_mix: str = "proportional"  # proportional | balanced | sqrt (read by the train stage)
+    pretrain_mix: str = "proportional"  # proportional | balanced (read by the train stage)
     search: SearchConfig = field(default_factory=SearchConfig)
     semantic_loss: bool = True
     semantic: SemanticConfig = field(default_factory=SemanticConfig)

@@ -119,24 +119,12 @@ def largest_remainder(shares: Sequence[float], total: int) -> list[int]:
     return counts
 
 
-PRETRAIN_MIXES = ("proportional", "balanced", "sqrt")
-
-
-def mix_weights(sizes: Sequence[int], mix: str) -> list[float]:
-    """Stream share of each pretraining set: balanced = equal; sqrt = proportional to sqrt(size), the
-    temperature sampling of multilingual LMs (alpha = 0.5) between proportional (alpha = 1) and balanced
-    (alpha = 0): a small set is seen more often without the large one losing half the stream."""
-    if mix == "balanced":
-        return [1.0] * len(sizes)
-    if mix == "sqrt":
-        return [float(n) ** 0.5 for n in sizes]
-    raise ValueError(f"no mix weights for {mix!r}")
+PRETRAIN_MIXES = ("proportional", "balanced")
 
 
 class PretrainDataModule(pl.LightningDataModule):
     """mix: how the pretraining sets share the stream. proportional: one shuffle of their union (each in
-    proportion to its size); balanced: equal shares, whatever their sizes (a small set is repeated); sqrt:
-    shares proportional to the square roots of their sizes."""
+    proportion to its size); balanced: equal shares, whatever their sizes (a small set is repeated)."""
 
     def __init__(self, datasets: Sequence, image_size: int, batch_size: int, seed: int, total_batches: int,
                  num_workers: int = 0, channels: int = 3, mix: str = "proportional"):
@@ -168,9 +156,9 @@ class PretrainDataModule(pl.LightningDataModule):
         # the one stream (before, each process read 1/world of it and then the same images again)
         step_images = self.batch_size * self.world_size()
         start, length = done * step_images, remaining * step_images
-        if self.mix != "proportional" and len(self.dataset.parts) > 1:
+        if self.mix == "balanced" and len(self.dataset.parts) > 1:
             sizes = [len(part) for part in self.dataset.parts]
-            sampler = MixedStreamSampler(sizes, mix_weights(sizes, self.mix), self.seed, start, length)
+            sampler = MixedStreamSampler(sizes, [1.0] * len(sizes), self.seed, start, length)
         else:
             sampler = StreamSampler(len(self.dataset), self.seed, start, length)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,

@@ -24,31 +24,14 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "
     return _reconstruction_fn(kind)(recon, target)
 
 
-def per_image_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """reconstruction_loss of each image: [N]."""
-    return _reconstruction_fn(kind)(recon, target, reduction="none").flatten(1).mean(1)
-
-
-def ssim_loss(recon: torch.Tensor, target: torch.Tensor, reduction: str = "elementwise_mean") -> torch.Tensor:
+def ssim_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (torchmetrics; Gaussian window 11, sigma 1.5, images in [0, 1]: the settings of the reported
     SSIM). Why a term of its own: L2 barely charges the faint texture a decoder paints on flat backgrounds,
     while SSIM, whose windows on a flat target have ~zero variance, charges it heavily, so without it a
-    blurrier (fewer-token) reconstruction can score a higher SSIM than a sharper one. reduction="none": one
-    value per image."""
+    blurrier (fewer-token) reconstruction can score a higher SSIM than a sharper one. The batch mean."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return 1.0 - structural_similarity_index_measure(recon, target, data_range=1.0, reduction=reduction)
-
-
-def prefix_order_loss(longer: torch.Tensor, shorter: torch.Tensor) -> torch.Tensor:
-    """Mean of relu(longer - sg(shorter)) over images: the per-image appearance loss of a reconstruction from
-    more pyramid layers should not exceed that of the same image from fewer. Only the longer prefix is
-    pushed (the shorter one is a stop-gradient reference), so the term never makes a short prefix worse;
-    it weights the images where the extra words currently hurt."""
-    if longer.shape != shorter.shape or longer.dim() != 1:
-        raise ValueError(f"need per-image losses of equal shape [N], got {list(longer.shape)} and "
-                         f"{list(shorter.shape)}")
-    return F.relu(longer - shorter.detach()).mean()
+    return 1.0 - structural_similarity_index_measure(recon, target, data_range=1.0)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "hinge"

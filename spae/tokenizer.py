@@ -15,44 +15,36 @@ Training uses manual optimisation with two optimisers (generator = encoder + dec
 Both are stepped on every batch (the discriminator's step is a no-op before the GAN starts), so
 Lightning's `global_step`, which counts optimiser steps, is exactly 2 x the number of batches; the
 module's `iteration` is that batch count, and the train stage passes Trainer(max_steps=2 x steps).
+The losses (reconstruction, SSIM, perceptual, commitment, semantic, GAN) are spae.objective's; the
+optimisers and learning-rate schedule spae.optim's.
 """
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from spae.config import LossConfig, MethodConfig, ModelConfig, OptimConfig, SemanticConfig, TokenizerConfig
-from spae.discriminator import PatchDiscriminator
+from spae.config import MethodConfig, ModelConfig, TokenizerConfig
 from spae.errors import InvalidConfigError
-from spae.losses import (GAN_LOSSES, LeCam, adaptive_gan_weight, discriminator_loss, generator_loss,
-                         per_image_reconstruction_loss, prefix_order_loss, reconstruction_loss, ssim_loss)
+from spae.losses import GAN_LOSSES
 from spae.networks import ArchSpec, Decoder, Encoder, count_parameters
-from spae.perceptual import build_perceptual, describe_perceptual
+from spae.objective import PREFIX_RECON_MODES, RelevanceFn, StepTimer, TokenizerObjective, TrainForward
+from spae.optim import LR_SCHEDULES, generator_and_discriminator_optimizers
+from spae.perceptual import describe_perceptual
 from spae.pyramid import Pyramid
 from spae.quantizers import build_quantizer
-from spae.semantic_loss import SemanticLoss, schedule_weight
 
 WEIGHTS_FILE = "tokenizer.safetensors"
 CONFIG_FILE = "tokenizer.json"
 
-# The accepted values of the method's enumerated options (checked when the module is built, so a bad value
-# fails at once, not at the step that first reads it; tests/test_training_options.py trains each one).
-PREFIX_RECON_MODES = ("stratified", "all", "random", "none")  # method.loss.prefix_recon
-LR_SCHEDULES = ("constant", "cosine")  # method.optim.schedule
-LATENT_NORMS = ("codebook", "none")  # method.latent_norm
-
-RelevanceFn = Callable[[torch.Tensor], torch.Tensor]  # images [B, 3, H, W] in [0, 1] -> [B, K] in [0, 1]
+# method.latent_norm (checked when the module is built, with the options of spae.objective and spae.optim:
+# a bad value fails at once, not at the step that first reads it; tests/test_training_options.py trains each)
+LATENT_NORMS = ("codebook", "none")
 
 
 class UnknownWordError(KeyError):
@@ -98,8 +90,6 @@ class SPAETokenizer(pl.LightningModule):
         self.config = self.settings.to_dict()  # every value, as saved with the weights
         self.save_hyperparameters({"config": self.config})
         model, method = self.settings.model, self.settings.method
-        self.loss_cfg: LossConfig = method.loss
-        self.optim_cfg: OptimConfig = method.optim
         check_enumerated_options(self.config["method"])
         if codebook_embeddings.dim() != 2:
             raise ValueError(f"codebook embeddings must be [K, D], got {list(codebook_embeddings.shape)}")
@@ -122,30 +112,21 @@ class SPAETokenizer(pl.LightningModule):
         self.quantizer = build_quantizer(method.quantizer, codebook_embeddings, self.pyramid,
                                          beta=float(method.beta),
                                          pooling=method.pooling, search=method.search.to_dict())
-        sem = method.semantic
-        self.semantic_loss = None
-        if method.semantic_loss:
-            thresholds = list(sem.thresholds)[: self.pyramid.num_layers]
-            self.semantic_loss = SemanticLoss(codebook_embeddings, thresholds,
-                                              semantic_temperature(sem, codebook_embeddings),
-                                              sem.layers, sem.num_negatives,
-                                              sem.target)
-        gan = self.loss_cfg.gan
-        self.discriminator = PatchDiscriminator(self.spec.in_channels, int(gan.channels),
-                                                int(gan.layers))
-        self.lecam = LeCam(float(gan.lecam_decay))
-        # Frozen, rebuilt from its package: excluded from checkpoints by `_frozen_prefixes`.
-        self.perceptual = (build_perceptual(self.loss_cfg.perceptual, bool(self.settings.offline),
-                                            min_size=int(self.loss_cfg.perceptual_min_size))
-                           if with_perceptual else None)
-        self._relevance_fn = relevance_fn
-        self.step_seconds: dict[str, float] = defaultdict(float)  # wall time per part of the training step
+        self.timer = StepTimer()  # wall time per part of the training step
+        self.objective = TokenizerObjective(method, codebook_embeddings, self.pyramid, self.spec.in_channels,
+                                            bool(self.settings.offline), with_perceptual, relevance_fn, self.timer)
+        for name, module in self.objective.loss_modules().items():
+            setattr(self, name, module)  # registered here: .to() moves them, checkpoints keep their keys
 
     # ------------------------------------------------------------------ sizes / description
     @property
     def iteration(self) -> int:
         """Training batches done (Lightning's global_step counts both optimisers' steps)."""
         return self.global_step // self.optimizer_steps_per_batch
+
+    @property
+    def step_seconds(self) -> dict[str, float]:
+        return self.timer.seconds
 
     def describe(self) -> dict:
         return {
@@ -159,11 +140,11 @@ class SPAETokenizer(pl.LightningModule):
             "params_encoder": count_parameters(self.encoder),
             "params_decoder": count_parameters(self.decoder),
             "params_discriminator": count_parameters(self.discriminator),
-            "perceptual": describe_perceptual(self.loss_cfg.perceptual),
+            "perceptual": describe_perceptual(self.settings.method.loss.perceptual),
         }
 
     def set_relevance_fn(self, fn: RelevanceFn | None) -> None:
-        self._relevance_fn = fn
+        self.objective.relevance_fn = fn
 
     # ------------------------------------------------------------------ checkpoints
     def _frozen_prefixes(self) -> tuple[str, ...]:
@@ -273,25 +254,11 @@ class SPAETokenizer(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
-        opt = self.optim_cfg
-        betas = tuple(opt.betas)
         gen_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         if self.latent_norm is not None:
             gen_params += list(self.latent_norm.parameters())
-        opt_g = torch.optim.Adam(gen_params, lr=float(opt.lr), betas=betas,
-                                 weight_decay=float(opt.weight_decay))
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=float(opt.disc_lr),
-                                 betas=betas)
-        lam = partial(lr_factor, warmup=int(opt.warmup_steps), total=opt.total_steps,
-                      schedule=opt.schedule, min_factor=float(opt.min_lr_factor))
-        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt_g, lam),
-                                torch.optim.lr_scheduler.LambdaLR(opt_d, lam)]
-
-    @contextmanager
-    def _timed(self, part: str):
-        start = time.perf_counter()
-        yield
-        self.step_seconds[part] += time.perf_counter() - start
+        return generator_and_discriminator_optimizers(gen_params, self.discriminator.parameters(),
+                                                      self.settings.method.optim)
 
     def _step_generator(self) -> torch.Generator:
         # Randomness per step is a function of (seed, iteration): a resumed run draws the same samples.
@@ -299,177 +266,47 @@ class SPAETokenizer(pl.LightningModule):
         gen.manual_seed(int(self.settings.seed) * 1_000_003 + self.iteration)
         return gen
 
+    def training_forward(self, images: torch.Tensor, gen: torch.Generator) -> TrainForward:
+        """Encode, quantize, then one decoder pass over the full pyramid and the objective's planned prefixes."""
+        with self.timer("encoder"):
+            z = self.encode_latent(images)
+        with self.timer("quantizer"):
+            q = self.quantizer(z)
+        plan = self.objective.prefix_plan(images.shape[0], gen)
+        with self.timer("decoder"):
+            recons = self.decode_latent(torch.cat([q.z_q] + [q.z_q_prefix[p - 1][idx] for p, idx in plan]))
+        index = torch.cat([torch.arange(images.shape[0])] + [idx for _, idx in plan]).to(images.device)
+        return TrainForward(quantized=q, recons=recons, target_index=index)
+
+    def generator_losses(self, images: torch.Tensor, it: int, gen: torch.Generator) -> dict:
+        return self.objective.generator_losses(self.training_forward(images, gen), images, it, gen,
+                                               self.decoder.last_layer_weight)
+
     def training_step(self, batch, batch_idx):
         images = batch["image"] if isinstance(batch, dict) else batch
         it = self.iteration
-        gen = self._step_generator()
         opt_g, opt_d = self.optimizers()
-        sched_g, sched_d = self.lr_schedulers()
-        losses = self.generator_losses(images, it, gen)
+        losses = self.generator_losses(images, it, self._step_generator())
 
         opt_g.zero_grad(set_to_none=True)
-        with self._timed("backward"):
+        with self.timer("backward"):
             self.manual_backward(losses["total"])
-        clip = self.optim_cfg.grad_clip
+        clip = self.settings.method.optim.grad_clip
         if clip:
             self.clip_gradients(opt_g, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
         opt_g.step()
 
         opt_d.zero_grad(set_to_none=True)
-        if self._gan_active(it):
-            with self._timed("discriminator"):
-                d_losses = self.discriminator_losses(images, losses["recon_full"].detach())
+        if self.objective.gan_active(it):
+            with self.timer("discriminator"):
+                d_losses = self.objective.discriminator_losses(images, losses["recon_full"].detach())
                 self.manual_backward(d_losses["total"])
             losses.update({f"disc/{k}": v for k, v in d_losses.items()})
         opt_d.step()  # no grads before the GAN starts -> no update, but keeps global_step = 2 x batches
-        sched_g.step()
-        sched_d.step()
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
         self._log_train(losses)
         return None
-
-    def _gan_active(self, it: int) -> bool:
-        gan = self.loss_cfg.gan
-        return float(gan.weight) > 0 and it >= int(gan.start_step)
-
-    def _prefix_plan(self, batch: int, gen: torch.Generator) -> list[tuple[int, torch.Tensor]]:
-        """(prefix length, images of the batch) pairs that also get the reconstruction losses this step,
-        besides the full pyramid on every image. all: every prefix on every image (most signal, the decoder
-        sees L x the images); random: one prefix, drawn per step, on every image; stratified: every prefix
-        each step, each on its own share of a random permutation of the batch (the cost of random, every
-        prefix in every gradient); none."""
-        L = self.pyramid.num_layers
-        mode = self.loss_cfg.prefix_recon
-        every_image = torch.arange(batch)
-        if L == 1 or mode == "none":
-            return []
-        if mode == "all":
-            return [(p, every_image) for p in range(1, L)]
-        if mode == "random":
-            return [(int(torch.randint(1, L, (1,), generator=gen)), every_image)]
-        if mode == "stratified":
-            shares = torch.randperm(batch, generator=gen).tensor_split(L - 1)
-            return [(p, idx.sort().values) for p, idx in zip(range(1, L), shares) if idx.numel()]
-        raise ValueError(f"method.loss.prefix_recon={mode!r}; valid: {', '.join(PREFIX_RECON_MODES)}")
-
-    def _order_extras(self, plan: list[tuple[int, torch.Tensor]], batch: int
-                      ) -> tuple[list[tuple[int, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
-        """For method.loss.prefix_order_weight: each planned (prefix p, images) is compared with prefix p + 1
-        of the same images: the full pyramid's rows when p + 1 = L, else extra rows decoded after the plan's.
-        Returns the extra entries and the (longer, shorter) rows of the decoder batch, whose rows are the
-        full pyramid (0..B-1), then the plan's entries in order, then the extras."""
-        L = self.pyramid.num_layers
-        extras, longer, shorter = [], [], []
-        row, extra_row = batch, batch + sum(idx.numel() for _, idx in plan)
-        for p, idx in plan:
-            n = idx.numel()
-            shorter.append(torch.arange(row, row + n))
-            row += n
-            if p + 1 == L:
-                longer.append(idx.clone())
-            else:
-                extras.append((p + 1, idx))
-                longer.append(torch.arange(extra_row, extra_row + n))
-                extra_row += n
-        return extras, (torch.cat(longer), torch.cat(shorter))
-
-    def generator_losses(self, images: torch.Tensor, it: int, gen: torch.Generator) -> dict:
-        cfg = self.loss_cfg
-        B = images.shape[0]
-        with self._timed("encoder"):
-            z = self.encode_latent(images)
-        with self._timed("quantizer"):
-            q = self.quantizer(z)
-        plan = self._prefix_plan(B, gen)
-        main_rows = B + sum(idx.numel() for _, idx in plan)  # rows that get the appearance losses
-        order_weight = float(cfg.prefix_order_weight)
-        extras, order_pairs = self._order_extras(plan, B) if order_weight > 0 and plan else ([], None)
-        with self._timed("decoder"):
-            # the order term trains encoder and decoder alike: with detached latents (the decoder alone) the
-            # step from 1 to 2 layers on easy-VQA stayed negative on one of two seeds
-            latents = torch.cat([q.z_q] + [q.z_q_prefix[p - 1][idx] for p, idx in plan + extras])
-            all_recons = self.decode_latent(latents)  # one decoder pass over full + prefix latents
-        index_all = torch.cat([torch.arange(B)] + [idx for _, idx in plan + extras]).to(images.device)
-        all_targets = images[index_all]
-        # the order term's extra rows (prefix l + 1 of each share) only serve as its comparison: the
-        # appearance losses keep the rows and weights they have without it
-        recons, targets = all_recons[:main_rows], all_targets[:main_rows]
-        target_index = index_all[:main_rows]
-        kind = cfg.recon
-        rec_full = reconstruction_loss(recons[:B], images, kind)
-        nll = rec_full
-        out = {"recon_full": recons[:B], "rec": rec_full.detach(), "commit": q.commit_loss.detach()}
-        if main_rows > B:
-            rec_prefix = reconstruction_loss(recons[B:], targets[B:], kind)
-            nll = nll + float(cfg.prefix_weight) * rec_prefix
-            out["rec_prefix"] = rec_prefix.detach()
-        ssim_weight = float(cfg.ssim_weight)
-        dissim_per_image = None
-        if ssim_weight > 0:
-            with self._timed("ssim"):
-                if order_pairs is None:  # the batch mean in one call (bit for bit what cached models used)
-                    dissim = ssim_loss(recons, targets)
-                else:
-                    dissim_per_image = ssim_loss(all_recons, all_targets, reduction="none")
-                    dissim = dissim_per_image[:main_rows].mean()
-            nll = nll + ssim_weight * dissim
-            out["ssim_loss"] = dissim.detach()
-        if order_pairs is not None:
-            appearance = per_image_reconstruction_loss(all_recons, all_targets, kind)
-            if dissim_per_image is not None:
-                appearance = appearance + ssim_weight * dissim_per_image
-            longer, shorter = order_pairs
-            order = prefix_order_loss(appearance[longer], appearance[shorter])
-            nll = nll + order_weight * order
-            out["prefix_order"] = order.detach()
-        if self.perceptual is not None and float(cfg.perceptual_weight) > 0:
-            with self._timed("perceptual"):
-                perc = self.perceptual(recons, images, target_index)  # target features computed once
-            nll = nll + float(cfg.perceptual_weight) * perc
-            out["perceptual"] = perc.detach()
-        total = nll + q.commit_loss
-        if self.semantic_loss is not None:
-            sem_w = self.semantic_weight(it)
-            if self._relevance_fn is None:
-                raise RuntimeError("the semantic loss needs CLIP relevance: call set_relevance_fn(scorer) "
-                                   "or set method.semantic_loss=false")
-            with torch.no_grad(), self._timed("clip_relevance"):
-                relevance = self._relevance_fn(images).to(z.device, torch.float32)
-            with self._timed("semantic_loss"):
-                sem = self.semantic_loss(q.layer_queries, relevance, generator=gen)
-            total = total + sem_w * sem.loss
-            out.update({"semantic": sem.loss.detach(), "semantic_weight": sem_w})
-            out.update({f"semantic_l{l}": v for l, v in sem.per_layer.items()})
-        if self._gan_active(it):
-            with self._timed("gan_generator"):
-                g = generator_loss(self.discriminator(recons[:B]), cfg.gan.kind)
-                weight = float(cfg.gan.weight)
-                if cfg.gan.adaptive:
-                    weight = weight * adaptive_gan_weight(nll, g, self.decoder.last_layer_weight)
-            total = total + weight * g
-            out.update({"gan_g": g.detach(), "gan_weight": weight})
-        out["nll"] = nll.detach()
-        out["total"] = total
-        out.update({f"unique_codes_l{i + 1}": float(n) for i, n in enumerate(q.unique_codes)})
-        return out
-
-    def discriminator_losses(self, images: torch.Tensor, fakes: torch.Tensor) -> dict:
-        gan = self.loss_cfg.gan
-        real_logits = self.discriminator(images)
-        fake_logits = self.discriminator(fakes)
-        d = discriminator_loss(real_logits, fake_logits, gan.kind)
-        total = d
-        lecam_w = float(gan.lecam_weight)
-        if lecam_w > 0:
-            reg = self.lecam(real_logits, fake_logits)
-            total = total + lecam_w * reg
-            self.lecam.update(real_logits, fake_logits)
-        return {"total": total, "loss": d.detach()}
-
-    def semantic_weight(self, it: int) -> float:
-        sem = self.settings.method.semantic
-        return schedule_weight(it, weight=float(sem.weight), schedule=sem.schedule,
-                               warmup_steps=int(sem.warmup_steps), total_steps=sem.total_steps,
-                               final_weight=float(sem.final_weight))
 
     def _log_train(self, losses: dict) -> None:
         scalars = {}
@@ -510,30 +347,6 @@ def latent_stats(codebook: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch
     if mode == "none":
         return torch.zeros(cb.shape[1]), torch.ones(cb.shape[1])
     raise ValueError(f"method.latent_norm={mode!r}; valid: {', '.join(LATENT_NORMS)}")
-
-
-def semantic_temperature(sem: SemanticConfig, codebook: torch.Tensor) -> float:
-    """tau of the semantic logits. With `temperature_relative` (default) the configured value is a
-    fraction of the codebook's mean squared row norm, so one value suits codebooks of any scale (Gemma's
-    rows, scaled by sqrt(640), have squared norms ~680; SmolLM2's ~9)."""
-    tau = float(sem.temperature)
-    if sem.temperature_relative:
-        tau *= float(codebook.float().pow(2).sum(1).mean())
-    return tau
-
-
-def lr_factor(step: int, warmup: int, total: int | None, schedule: str, min_factor: float) -> float:
-    """Learning-rate multiplier per scheduler step (one per batch): linear warmup, then constant or cosine."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        if not total:
-            raise ValueError("method.optim.schedule=cosine needs method.optim.total_steps (the train stage sets it)")
-        progress = min(1.0, (step - warmup) / max(1, int(total) - warmup))
-        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown method.optim.schedule {schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 
 
 # ---------------------------------------------------------------------- saving / loading

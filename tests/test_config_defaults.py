@@ -91,7 +91,7 @@ def test_tokenizer_from_python_defaults_is_the_one_the_cli_builds(method, python
         assert module.configure_optimizers()[1][0].lr_lambdas[0](10_000) == pytest.approx(
             cli_config["method"]["optim"]["min_lr_factor"])  # cosine, at its floor after total_steps
         sem = cli_config["method"]["semantic"]  # linear_warmup: 0 at the start, the full weight after warmup
-        assert module.semantic_weight(0) == 0.0 < module.semantic_weight(sem["warmup_steps"]) == sem["weight"]
+        assert module.objective.semantic_weight(0) == 0.0 < module.objective.semantic_weight(sem["warmup_steps"]) == sem["weight"]
 
 
 def test_perceptual_min_size_default_is_the_yamls(tmp_dirs):

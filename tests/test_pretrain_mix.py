@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from spae.datamodule import MixedStreamSampler, PretrainDataModule, largest_remainder, mix_weights
+from spae.datamodule import MixedStreamSampler, PretrainDataModule, largest_remainder
 from tests.test_tokenizer_training import tiny_dataset
 
 
@@ -44,11 +44,3 @@ def test_datamodule_balances_only_when_asked_and_refuses_unknown_mixes():
     assert 14 <= in_small(balanced) <= 26 and in_small(proportional) < 10  # ~half vs ~4 of 40
     with pytest.raises(ValueError, match="pretrain_mix"):
         PretrainDataModule([big], 16, batch_size=4, seed=0, total_batches=1, mix="uniform")
-
-
-def test_sqrt_mix_shares_follow_the_square_roots_of_the_sizes():
-    assert mix_weights([900, 100], "sqrt") == [30.0, 10.0] and mix_weights([5, 50], "balanced") == [1.0, 1.0]
-    big, small = tiny_dataset(36), tiny_dataset(4)  # sqrt shares 6 : 2 -> the small set gets a quarter
-    dm = PretrainDataModule([big, small], 16, batch_size=4, seed=0, total_batches=250, mix="sqrt")
-    stream = list(dm.train_dataloader().sampler)
-    assert sum(i >= 36 for i in stream) == 250  # exact quota per block of 1000 positions: 250 of 1000

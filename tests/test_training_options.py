@@ -29,7 +29,9 @@ from spae.perceptual import PERCEPTUAL
 from spae.pyramid import POOLING_MODES
 from spae.quantizers import QUANTIZERS
 from spae.semantic_loss import SCHEDULES, TARGET_MODES
-from spae.tokenizer import LATENT_NORMS, LR_SCHEDULES, PREFIX_RECON_MODES, SPAETokenizer
+from spae.objective import PREFIX_RECON_MODES
+from spae.optim import LR_SCHEDULES
+from spae.tokenizer import LATENT_NORMS, SPAETokenizer
 from spae.training import build_trainer
 from tests.tokenizer_helpers import fake_relevance, random_codebook
 
@@ -53,7 +55,6 @@ AXES: dict[str, list] = {
     "loss.prefix_recon": list(PREFIX_RECON_MODES),
     "loss.perceptual": ["none"] + [n for n in PERCEPTUAL.names() if n not in ONLINE_ONLY_PERCEPTUAL],
     "loss.ssim_weight": [0.0, 2.0],
-    "loss.prefix_order_weight": [0.0, 0.5],
     "loss.gan.weight": [0.0, 0.1],  # discriminator off / on (the shrunk config starts the GAN at step 0)
     "loss.gan.kind": list(GAN_LOSSES),
     "loss.gan.adaptive": [False, True],
