@@ -184,38 +184,9 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
         # map passes only the `inputs` columns (never the image bytes), then the row indices.
         *columns, indices = args
         batch, n = dict(zip(inputs, columns)), len(indices)
-        out: dict[str, list] = {}
-        if cols["label"]:
-            raw_labels = batch[cols["label"]]
-            ids = [NO_LABEL if v is None else int(to_id[v] if to_id is not None else v) for v in raw_labels]
-            for i in ids:
-                if i >= len(names) or i < NO_LABEL:
-                    raise InvalidConfigError(f"{where}: label id {i} has no class name ({len(names)} names); "
-                                             "give the spec `label_names:` covering every label id")
-        else:
-            ids = [NO_LABEL] * n
-        out["label"] = ids
-        out["label_name"] = [names[i] if i >= 0 else "" for i in ids]
-        if cols["caption"]:
-            caps = [as_text_list(v) for v in batch[cols["caption"]]]
-            source = CAPTION_REAL
-        elif cols["label"]:
-            caps = [[LABELLED_CAPTION.format(with_article(nm))] if nm else [] for nm in out["label_name"]]
-            source = CAPTION_TEMPLATED
-        else:
-            caps, source = [[] for _ in range(n)], ""
-        out["captions"] = caps
-        out["caption"] = [c[0] if c else "" for c in caps]
-        out["caption_source"] = [source if c else "" for c in caps]
-        if cols["question"]:
-            out["questions"] = [as_text_list(q)[:1] for q in batch[cols["question"]]]
-            refs_column = cols["reference_answers"]
-            answers, references = question_answers(batch[cols["answer"]], batch[refs_column] if refs_column else None)
-            out["answers"] = [[a] if q else [] for a, q in zip(answers, out["questions"])]
-            out["reference_answers"] = [[r] if q else [] for r, q in zip(references, out["questions"])]
-        else:
-            out["questions"], out["answers"] = [[] for _ in range(n)], [[] for _ in range(n)]
-            out["reference_answers"] = [[] for _ in range(n)]
+        out = uniform_labels(batch, cols["label"], names, to_id, n, where)
+        out.update(uniform_captions(batch, cols["caption"], cols["label"], out["label_name"], n))
+        out.update(uniform_questions(batch, cols, n))
         if cols["group"]:
             out[GROUP] = [str(g) for g in batch[cols["group"]]]
         return out
@@ -244,6 +215,46 @@ def conform(raw: datasets.Dataset, spec: dict, where: str = "dataset") -> datase
     if cols["group"]:
         ds = merge_groups(ds)
     return check_uniform(ds.select_columns(list(COLUMNS)))
+
+
+def uniform_labels(batch: dict, column: str | None, names: list[str], to_id, n: int, where: str) -> dict:
+    """label (class id, NO_LABEL without a label column) and label_name of each row of a batch."""
+    if column:
+        ids = [NO_LABEL if v is None else int(to_id[v] if to_id is not None else v) for v in batch[column]]
+        for i in ids:
+            if i >= len(names) or i < NO_LABEL:
+                raise InvalidConfigError(f"{where}: label id {i} has no class name ({len(names)} names); "
+                                         "give the spec `label_names:` covering every label id")
+    else:
+        ids = [NO_LABEL] * n
+    return {"label": ids, "label_name": [names[i] if i >= 0 else "" for i in ids]}
+
+
+def uniform_captions(batch: dict, column: str | None, label_column: str | None, label_names: list[str],
+                     n: int) -> dict:
+    """captions, caption and caption_source: the dataset's own captions, else one templated from the label."""
+    if column:
+        caps = [as_text_list(v) for v in batch[column]]
+        source = CAPTION_REAL
+    elif label_column:
+        caps = [[LABELLED_CAPTION.format(with_article(nm))] if nm else [] for nm in label_names]
+        source = CAPTION_TEMPLATED
+    else:
+        caps, source = [[] for _ in range(n)], ""
+    return {"captions": caps, "caption": [c[0] if c else "" for c in caps],
+            "caption_source": [source if c else "" for c in caps]}
+
+
+def uniform_questions(batch: dict, cols: dict, n: int) -> dict:
+    """questions (at most one per row), answers and reference_answers; empty lists without a question column."""
+    if not cols["question"]:
+        return {"questions": [[] for _ in range(n)], "answers": [[] for _ in range(n)],
+                "reference_answers": [[] for _ in range(n)]}
+    questions = [as_text_list(q)[:1] for q in batch[cols["question"]]]
+    refs_column = cols["reference_answers"]
+    answers, references = question_answers(batch[cols["answer"]], batch[refs_column] if refs_column else None)
+    return {"questions": questions, "answers": [[a] if q else [] for a, q in zip(answers, questions)],
+            "reference_answers": [[r] if q else [] for r, q in zip(references, questions)]}
 
 
 def merge_groups(ds: datasets.Dataset) -> datasets.Dataset:
