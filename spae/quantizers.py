@@ -147,14 +147,7 @@ class PyramidQuantizer(nn.Module):
         self.register_buffer("codebook_sq_norms", squared_norms(cb), persistent=False)
         self.register_buffer("codebook_bf16", cb.to(torch.bfloat16) if self.search.precision != "fp32" else None,
                              persistent=False)
-
-    @property
-    def dim(self) -> int:
-        return self.codebook.shape[1]
-
-    @property
-    def codebook_size(self) -> int:
-        return self.codebook.shape[0]
+        self.codebook_size, self.dim = (int(n) for n in cb.shape)  # the frozen codebook's [K, D]
 
     # --------------------------------------------------------------------------- per-method rules
     def target(self, z: torch.Tensor, code_sum: torch.Tensor, layer_number: int) -> torch.Tensor:
