@@ -9,6 +9,7 @@ them, e.g. a pyramid side of 2.5 must fail, not become 2). The library knows not
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -163,6 +164,23 @@ class MethodConfig(ConfigSection):
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+# Options removed after they measured no gain (git history keeps them). They shaped training only, not the
+# weights' layout, so a tokenizer saved with one still loads (`without_retired_keys`); a new config with one fails.
+RETIRED_KEYS = (("method", "loss", "prefix_order_weight"),)
+
+
+def without_retired_keys(config: dict) -> dict:
+    """A saved tokenizer config (tokenizer.json) without the keys of removed options."""
+    config = copy.deepcopy(config)
+    for *parents, leaf in RETIRED_KEYS:
+        node = config
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
 
 
 # conf/method/lqae.yaml: spae.yaml with these keys changed

@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from spae.config import MethodConfig, ModelConfig, TokenizerConfig
+from spae.config import MethodConfig, ModelConfig, TokenizerConfig, without_retired_keys
 from spae.errors import InvalidConfigError
 from spae.losses import GAN_LOSSES
 from spae.networks import ArchSpec, Decoder, Encoder, count_parameters
@@ -378,7 +378,7 @@ def load_tokenizer(directory: str | Path, codebook, relevance_fn: RelevanceFn | 
         raise FileNotFoundError(f"no trained tokenizer in {directory} (needs {WEIGHTS_FILE} and {CONFIG_FILE}); "
                                 "run the `train` stage first")
     meta = json.loads((directory / CONFIG_FILE).read_text())
-    config = meta["config"]
+    config = without_retired_keys(meta["config"])  # saved before an option was removed
     expected = meta.get("describe", {}).get("codebook_size")
     if expected is not None and expected != codebook.size:
         raise CheckpointMismatchError(f"the tokenizer in {directory} was trained on a codebook of {expected} words, "

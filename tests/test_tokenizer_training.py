@@ -90,3 +90,26 @@ def test_stream_sampler_resumes_mid_stream():
     full = list(StreamSampler(10, seed=3, start=0, length=25))
     assert sorted(full[:10]) == list(range(10)) and full[:10] != full[10:20]
     assert list(StreamSampler(10, seed=3, start=7, length=18)) == full[7:]
+
+
+def test_a_tokenizer_saved_with_a_removed_option_still_loads_and_new_configs_refuse_it(tmp_path):
+    """method.loss.prefix_order_weight was removed (it measured no gain); tokenizer.json files written before
+    carry it. It shaped training only, so such a tokenizer loads as it was trained; a new config naming it
+    fails with the valid keys."""
+    import json
+
+    from spae.config import InvalidConfigError
+    from spae.tokenizer import CONFIG_FILE
+
+    torch.manual_seed(0)
+    cb, words = random_codebook()
+    module = SPAETokenizer(tiny_config(), cb, words).eval()
+    save_tokenizer(module, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta["config"]["method"]["loss"]["prefix_order_weight"] = 0.0  # as written before the option was removed
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = load_tokenizer(tmp_path, Codebook(cb, words, torch.arange(len(words)), "random"))
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(loaded.forward_eval(x), module.forward_eval(x))
+    with pytest.raises(InvalidConfigError, match="prefix_order_weight.*valid keys"):
+        SPAETokenizer(meta["config"], cb, words)
