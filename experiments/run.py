@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.config_identity import reduced_config
 from experiments.pipeline import run_stages
 from spae.errors import UserError
 from spae.hashing import stable_hash
@@ -39,7 +40,8 @@ def available(group: str) -> list[str]:
 
 
 def config_hash(cfg: dict) -> str:
-    return stable_hash({k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS})
+    """As the stage keys see the config (experiments.config_identity): a key added at its default keeps the folder."""
+    return stable_hash(reduced_config({k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}))
 
 
 def run_id(cfg: dict) -> str:
