@@ -210,15 +210,23 @@ def execute(cfg: DictConfig) -> Path:
                 metrics[name] = results[name].summary.get("metrics", {})
         # pretraining images seen per trained method (the benches that compare methods report it)
         training = {n: results[n].summary["training"] for n in targets if "training" in results[n].summary}
+        labels = method_labels(results[n].summary for n in targets)
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
         payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,
                                 extra={"run_id": identity, "stages_reused": cached, "invocation": invocation,
                                        **({"training": training} if training else {}),
+                                       **({"method_labels": labels} if labels else {}),
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")
         logger.log_results(payload)
     return path
+
+
+def method_labels(summaries) -> dict[str, str]:
+    """{stable id: display name} of the methods the benches compared (their metrics are keyed by the id)."""
+    return {method_id: info["label"] for summary in summaries for method_id, info in (summary.get("methods") or {}).items()
+            if isinstance(info, dict) and "label" in info}
 
 
 # Hydra's sweep functions (`method=choice(spae,lqae)`, `glob(*)`, ...): their arguments are option names

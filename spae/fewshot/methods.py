@@ -67,9 +67,10 @@ class ComparedMethod:
 
     @property
     def slug(self) -> str:
-        """File-name-safe identity, stable across runs (JSONL file names)."""
+        """The method's stable id (spae-l2, lqae, frozen, clip_topk-k5): the key of results.json's per-method
+        metrics, of W&B's metrics and of the JSONL file names; the display label stands beside it."""
         if self.kind == "tokenizer":
-            return f"{self.method}-l{self.layers}" if self.layers else f"{self.method}-all"
+            return f"{self.method}-l{self.layers}" if self.layers else self.method
         if self.kind == "clip":
             return f"clip_topk-k{self.k}"
         return self.method
