@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.config_identity import reduced_config
 from experiments.pipeline import run_stages
+from spae.console import configure_console
 from spae.errors import UserError
 from spae.hashing import stable_hash
 from spae.results import build_results, git_sha, method_label, write_results
@@ -27,7 +28,7 @@ log = logging.getLogger("experiments.run")
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config parts that change where things go or how they are shown, not what is computed.
-NON_IDENTITY_KEYS = ("paths", "logger", "force")
+NON_IDENTITY_KEYS = ("paths", "logger", "force", "progress")
 DATA_STAGES = ("pretrain_data", "eval_data")  # their metrics go into every results.json
 
 
@@ -183,6 +184,7 @@ def execute(cfg: DictConfig) -> Path:
     check_folder_names(container)
     check_pyramid_config(container)
     set_offline_env(bool(container.get("offline", True)))
+    configure_console(container.get("progress"))  # bars on a terminal only (SPAE_PROGRESS / progress override)
 
     import experiments.stages  # noqa: F401  (registers every stage)
     from spae.logging_utils import RunLogger, redact

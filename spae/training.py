@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spae.config import TrainerConfig
+from spae.console import progress_enabled
 from spae.errors import InvalidConfigError
 
 
@@ -124,7 +125,7 @@ def build_trainer(trainer_cfg: "dict | TrainerConfig", out_dir: Path, logger: An
     callbacks = [ModelCheckpoint(dirpath=str(Path(out_dir) / "checkpoints"), save_last=True, save_top_k=1,
                                  every_n_train_steps=int(checkpoint_every), filename="step{step}",
                                  auto_insert_metric_name=False), _resume_mid_stream_callback()]
-    progress = bool(typed.progress_bar)
+    progress = bool(typed.progress_bar) and progress_enabled()  # never carriage-return bars in a log file
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=int(typed.progress_refresh)))
     return pl.Trainer(

@@ -110,13 +110,14 @@ def answer_methods(backend, renderings: dict[str, dict], items: list, template, 
     """Every method answers every item; per method a JSONL of prompts and answers that a rerun resumes."""
     from tqdm.auto import tqdm
 
+    from spae.console import progress_enabled
     from spae.tasks.incontext import answer_items
 
     out = {}
     for slug, rendered in renderings.items():
         path = Path(out_dir) / f"{slug}.jsonl"
         before = path.read_bytes().count(b"\n") if path.exists() else 0
-        with tqdm(total=len(items), desc=f"in-context {slug}", unit="item") as bar:
+        with tqdm(total=len(items), desc=f"in-context {slug}", unit="item", disable=not progress_enabled()) as bar:
             seen = [0]
 
             def progress(done: int, _total: int) -> None:

@@ -205,6 +205,7 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
     """
     from tqdm.auto import tqdm
 
+    from spae.console import progress_enabled
     from spae.fewshot.engine import evaluate_episodes
     from spae.io import file_lock
 
@@ -212,7 +213,7 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
     total = sum(len(eps) for eps in episodes.values()) * len(renderings)
     out: dict[str, dict[str, dict]] = {slug: {} for slug in renderings}
     name = safe_name(template.name, "bench.prompt.name")
-    with tqdm(total=total, desc="few-shot episodes", unit="episode") as bar:
+    with tqdm(total=total, desc="few-shot episodes", unit="episode", disable=not progress_enabled()) as bar:
         for cell_key, eps in episodes.items():
             for slug, rendered in renderings.items():
                 bar.set_postfix_str(f"{slug} {cell_key}")

@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from spae.console import progress_enabled
+
 # Compared method -> (kind, the bench.methods entry whose model it needs; None = no trained model).
 METHOD_KINDS = {"spae": ("tokenizer", "spae"), "lqae": ("tokenizer", "lqae"), "frozen": ("prefix", "frozen"),
                 "clip_topk": ("clip", None)}
@@ -140,7 +142,8 @@ def render_images(renderer: Renderer, images: Sequence, image_size: int, batch_s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out: list = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False,
+                          disable=not progress_enabled()):
             batch = to_tensor(list(images[start:start + batch_size]), image_size)
             rendered = renderer(batch)
             if len(rendered) != batch.shape[0]:
