@@ -5,7 +5,10 @@ that affect them (audiocraft's "config-derived identity" idea, applied per stage
 
 A stage declares the config paths it reads and the stages it needs. Its key hashes those config values
 and the keys of its dependencies, so changing a knob recomputes that stage and everything downstream,
-and nothing upstream. A training stage may also read a stage only for a sanity report in its summary
+and nothing upstream. Values are hashed as experiments/config_identity.py reduces them: inside a typed schema
+(spae.config: model, trainer, tokenizer methods) only what differs from the schema's defaults, elsewhere
+everything but null keys. So a new config key added at its default (or at null) leaves every key unchanged,
+and a preset that states a default keys equal to one that omits it. A training stage may also read a stage only for a sanity report in its summary
 (`report_deps`, e.g. Frozen's caption check on the evaluation sets): that stage runs first, but its key stays
 out of the training stage's key, so a new evaluation set reuses the trained model (the report names the
 sets it was measured on). A stage writes into a stable folder (so an interrupted stage can resume from its
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from experiments.config_identity import key_values, reduced_untyped
 from spae.hashing import stable_hash
 from spae.io import file_lock, read_json, write_json_atomic
 from spae.registry import Registry
@@ -116,10 +120,11 @@ def resolve_order(targets: list[str]) -> list[str]:
 
 
 def stage_identity(spec: StageSpec, cfg: dict) -> dict:
-    """The config values a stage's output depends on: its declared paths, plus its derived values if any."""
-    identity: dict[str, Any] = {"config": {k: select(cfg, k) for k in spec.config_keys}}
+    """The config values a stage's output depends on: its declared paths, plus its derived values if any, as
+    keys see them (experiments.config_identity: defaults and nulls left out)."""
+    identity: dict[str, Any] = {"config": key_values(cfg, spec.config_keys)}
     if spec.derived is not None:  # only then: the keys of stages without derived values stay as they were
-        identity["derived"] = spec.derived(cfg)
+        identity["derived"] = reduced_untyped(spec.derived(cfg))
     return identity
 
 

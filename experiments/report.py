@@ -118,6 +118,12 @@ def variant_label(run: dict, knobs: list[str]) -> str:
     return ", ".join(f"{KNOBS[k]}={knob(run['config'], k)}" for k in knobs)
 
 
+def method_name(run: dict, method_id: str) -> str:
+    """A compared method's display name (results.json keys its metrics by stable id, e.g. spae-l2, and lists
+    the display names in `method_labels`)."""
+    return (run.get("method_labels") or {}).get(method_id, method_id)
+
+
 def provenance(run: dict) -> dict:
     def tag(name: Any, stand_in: bool) -> str:
         return f"{name} (stand-in)" if stand_in else str(name)
@@ -139,7 +145,8 @@ def table1_rows(runs: list[dict], knobs: list[str]) -> tuple[list[dict], list]:
     rows, present = [], set()
     for run in runs:
         fewshot = (run["metrics"] or {}).get("fewshot_eval") or {}
-        for method, cells in fewshot.items():
+        for method_id, cells in fewshot.items():
+            method = method_name(run, method_id)
             base = {"source": "ours", "variant": variant_label(run, knobs), **provenance(run),
                     "run": run.get("run_id") or Path(run["_path"]).parent.name}
             row = {**base, "method": method, "cells": {}}
@@ -236,6 +243,7 @@ def table4_rows(runs: list[dict], knobs: list[str]) -> list[dict]:
         recon = (run["metrics"] or {}).get("recon_eval") or {}
         fewshot = (run["metrics"] or {}).get("fewshot_eval") or {}
         for (dataset, m), (reader, cells) in itertools.product(recon.items(), list(fewshot.items()) or [("-", {})]):
+            reader = method_name(run, reader)
             tokens = cumulative_tokens(run["config"])
             L = len(tokens)
             per_layer = {key: [m.get(f"{key}_l{l}") for l in range(1, L + 1)]

@@ -17,7 +17,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.config_identity import reduced_config
 from experiments.pipeline import run_stages
+from spae.console import configure_console
 from spae.errors import UserError
 from spae.hashing import stable_hash
 from spae.results import build_results, git_sha, method_label, write_results
@@ -26,7 +28,7 @@ log = logging.getLogger("experiments.run")
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config parts that change where things go or how they are shown, not what is computed.
-NON_IDENTITY_KEYS = ("paths", "logger", "force")
+NON_IDENTITY_KEYS = ("paths", "logger", "force", "progress")
 DATA_STAGES = ("pretrain_data", "eval_data")  # their metrics go into every results.json
 
 
@@ -39,7 +41,8 @@ def available(group: str) -> list[str]:
 
 
 def config_hash(cfg: dict) -> str:
-    return stable_hash({k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS})
+    """As the stage keys see the config (experiments.config_identity): a key added at its default keeps the folder."""
+    return stable_hash(reduced_config({k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}))
 
 
 def run_id(cfg: dict) -> str:
@@ -181,6 +184,7 @@ def execute(cfg: DictConfig) -> Path:
     check_folder_names(container)
     check_pyramid_config(container)
     set_offline_env(bool(container.get("offline", True)))
+    configure_console(container.get("progress"))  # bars on a terminal only (SPAE_PROGRESS / progress override)
 
     import experiments.stages  # noqa: F401  (registers every stage)
     from spae.logging_utils import RunLogger, redact
@@ -208,15 +212,23 @@ def execute(cfg: DictConfig) -> Path:
                 metrics[name] = results[name].summary.get("metrics", {})
         # pretraining images seen per trained method (the benches that compare methods report it)
         training = {n: results[n].summary["training"] for n in targets if "training" in results[n].summary}
+        labels = method_labels(results[n].summary for n in targets)
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
         payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,
                                 extra={"run_id": identity, "stages_reused": cached, "invocation": invocation,
                                        **({"training": training} if training else {}),
+                                       **({"method_labels": labels} if labels else {}),
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")
         logger.log_results(payload)
     return path
+
+
+def method_labels(summaries) -> dict[str, str]:
+    """{stable id: display name} of the methods the benches compared (their metrics are keyed by the id)."""
+    return {method_id: info["label"] for summary in summaries for method_id, info in (summary.get("methods") or {}).items()
+            if isinstance(info, dict) and "label" in info}
 
 
 # Hydra's sweep functions (`method=choice(spae,lqae)`, `glob(*)`, ...): their arguments are option names

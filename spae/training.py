@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spae.config import TrainerConfig
+from spae.console import progress_enabled
 from spae.errors import InvalidConfigError
 
 
@@ -81,9 +82,27 @@ def split_trainer_config(trainer_cfg: "dict | TrainerConfig") -> tuple[TrainerCo
 
 def lightning_extras(trainer_cfg: dict) -> dict:
     """The `trainer.*` keys passed through to Lightning beyond the typed ones (e.g. gradient_clip_val), for the
-    training stages' keys: they change the model, and a config without any keeps its key."""
+    training stages' keys: they change the model, and a config without any keeps its key. One at Lightning's own
+    default (`gradient_clip_val: null`, `accumulate_grad_batches: 1`) changes nothing, so it is left out too."""
     _, extra = split_trainer_config(trainer_cfg)
+    defaults = lightning_trainer_defaults()
+    extra = {k: v for k, v in extra.items() if not _is_default(v, defaults[k])}
     return {"lightning_args": extra} if extra else {}
+
+
+def lightning_trainer_defaults() -> dict[str, Any]:
+    """{argument: default} of Lightning's Trainer (the schema of the keys `trainer.*` passes through)."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    return {name: p.default for name, p in inspect.signature(pl.Trainer.__init__).parameters.items()
+            if name != "self" and p.default is not inspect.Parameter.empty}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """The same value and type (1 and 1.0, 1 and True differ: never conflate what Lightning could tell apart)."""
+    return type(value) is type(default) and value == default
 
 
 def lightning_trainer_kwargs(trainer_cfg: "dict | TrainerConfig") -> dict:
@@ -106,7 +125,7 @@ def build_trainer(trainer_cfg: "dict | TrainerConfig", out_dir: Path, logger: An
     callbacks = [ModelCheckpoint(dirpath=str(Path(out_dir) / "checkpoints"), save_last=True, save_top_k=1,
                                  every_n_train_steps=int(checkpoint_every), filename="step{step}",
                                  auto_insert_metric_name=False), _resume_mid_stream_callback()]
-    progress = bool(typed.progress_bar)
+    progress = bool(typed.progress_bar) and progress_enabled()  # never carriage-return bars in a log file
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=int(typed.progress_refresh)))
     return pl.Trainer(

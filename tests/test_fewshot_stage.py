@@ -100,7 +100,9 @@ def _records(cache_dir):
 def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage_env, tmp_path):
     results = json.loads(execute(stage_env()).read_text())
     metrics = results["metrics"]["fewshot_eval"]
-    assert set(metrics) == {"SPAE (2 tokens, layers 1-2)", "LQAE (4 tokens, all layers)", "CLIP top-3 words"}
+    assert set(metrics) == {"spae-l2", "lqae", "clip_topk-k3"}  # stable ids; the display names beside them
+    assert results["method_labels"] == {"spae-l2": "SPAE (2 tokens, layers 1-2)", "lqae": "LQAE (4 tokens, all layers)",
+                                        "clip_topk-k3": "CLIP top-3 words"}
     cells = {"2way-noti-1shot-0rep", "2way-ti-1shot-0rep", "5way-ti-1shot-1rep"}
     for per_cell in metrics.values():
         assert set(per_cell) == cells | {"average"}
@@ -258,7 +260,7 @@ def test_results_carry_both_metrics_with_their_labels_and_never_swap_them(stage_
     row = next(line for line in headline.splitlines() if line.startswith("| SPAE (2 tokens, layers 1-2) (ours)"))
     assert row.count("0.0 [0.0, ") == 2  # 2-way: no-induction and induction 1-shot, both all wrong
     choice_row = next(line for line in rest.splitlines() if line.startswith("| SPAE (2 tokens, layers 1-2) (ours)"))
-    spae = metrics["SPAE (2 tokens, layers 1-2)"]["2way-ti-1shot-0rep"]["constrained_choice"]
+    spae = metrics["spae-l2"]["2way-ti-1shot-0rep"]["constrained_choice"]
     assert f"{100 * spae['accuracy']:.1f} [" in choice_row
 
 

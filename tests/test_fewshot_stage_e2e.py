@@ -45,7 +45,9 @@ def test_real_stages_train_once_and_the_bench_reuses_them(tmp_path):
 
     results = json.loads(execute(cfg()).read_text())
     metrics = results["metrics"]["fewshot_eval"]
-    assert len(metrics) == 5  # SPAE 5 and 21 tokens, LQAE, Frozen, CLIP top-5
+    # SPAE 5 and 21 tokens, LQAE, Frozen, CLIP top-5: keyed by stable id, the display names beside them
+    assert set(metrics) == set(results["method_labels"]) == {"spae-l2", "spae-l3", "lqae", "frozen", "clip_topk-k5"}
+    assert results["method_labels"]["spae-l2"] == "SPAE (5 tokens, layers 1-2)"
     assert all(v["episodes"] == 4 for per_cell in metrics.values() for k, v in per_cell.items() if k != "average")
     summary = json.loads(next((tmp_path / "cache" / "stages" / "fewshot_eval").glob("*/_SUCCESS.json")).read_text())
     info = summary["summary"]["methods"]

@@ -125,7 +125,7 @@ def test_generation_stage_rejects_bad_configs(setup):
 def test_compare_entries():
     methods = {"spae": {"kind": "tokenizer"}, "lqae": {"kind": "tokenizer"}, "frozen": {"kind": "prefix"}}
     out = gen_mod.compared({"compare": ["spae", {"method": "lqae", "layers": 1}], "methods": methods})
-    assert [(e["method"], e["layers"], e["slug"]) for e in out] == [("spae", None, "spae"), ("lqae", 1, "lqae_l1")]
+    assert [(e["method"], e["layers"], e["slug"]) for e in out] == [("spae", None, "spae"), ("lqae", 1, "lqae-l1")]
     with pytest.raises(ValueError, match="unknown keys"):
         gen_mod.compared({"compare": [{"method": "spae", "k": 5}], "methods": methods})
     with pytest.raises(ValueError, match="is empty"):

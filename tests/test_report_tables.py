@@ -30,11 +30,15 @@ def recon_metrics(psnr: list[float], relevance: list[float]) -> dict:
     return out
 
 
-def fewshot_metrics(acc2: float, acc5: float, label: str = "SPAE (5 tokens, layers 1-2)") -> dict:
+# results.json keys the compared methods by stable id and lists their display names in `method_labels`
+LABELS = {"spae-l2": "SPAE (5 tokens, layers 1-2)", "clip_topk-k5": "CLIP top-5 words"}
+
+
+def fewshot_metrics(acc2: float, acc5: float, method_id: str = "spae-l2") -> dict:
     def cell(acc):
         return {"accuracy": acc, "ci95_low": acc / 2, "ci95_high": min(1.0, acc * 1.5), "episodes": 10}
 
-    return {label: {"2way-ti-1shot-0rep": cell(acc2), "5way-ti-1shot-0rep": cell(acc5),
+    return {method_id: {"2way-ti-1shot-0rep": cell(acc2), "5way-ti-1shot-0rep": cell(acc5),
                     "average": {"accuracy": (acc2 + acc5) / 2, "cells": 2}}}
 
 
@@ -48,7 +52,8 @@ def write_run(root: Path, run_id: str, config_changes: dict, metrics: dict) -> P
         node[last] = value
     results = {"bench": "ablation", "task": "ablation", "method": "spae", "data": "embedded", "data_is_stand_in": True,
                "clip": "embedded", "clip_is_stand_in": True, "llm": "gemma3_270m", "llm_is_embedded": True,
-               "dataset": None, "seed": 0, "metrics": metrics, "run_id": run_id, "config": cfg}
+               "dataset": None, "seed": 0, "metrics": metrics, "run_id": run_id, "config": cfg,
+               "method_labels": {m: LABELS[m] for m in metrics.get("fewshot_eval", {})}}
     path = root / "ablation" / run_id / "results.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(results))
@@ -65,7 +70,7 @@ def runs(tmp_path):
                "fewshot_eval": fewshot_metrics(0.4, 0.2)})
     # a few-shot-only run (e.g. +bench=mini_imagenet): Table 1 only
     write_run(root, "fewshot-only", {"bench.name": "mini_imagenet"},
-              {"fewshot_eval": fewshot_metrics(0.6, 0.25, label="CLIP top-5 words")})
+              {"fewshot_eval": fewshot_metrics(0.6, 0.25, method_id="clip_topk-k5")})
     return root
 
 
@@ -149,7 +154,7 @@ def test_wandb_offline_run_gets_tables_and_charts(runs, tmp_path, monkeypatch):
 def test_constrained_choice_gets_its_own_labelled_row_beside_the_exact_match_row(tmp_path):
     metrics = fewshot_metrics(0.2, 0.1)
     for key, acc in (("2way-ti-1shot-0rep", 0.9), ("5way-ti-1shot-0rep", 0.7)):
-        metrics["SPAE (5 tokens, layers 1-2)"][key]["constrained_choice"] = {
+        metrics["spae-l2"][key]["constrained_choice"] = {
             "accuracy": acc, "ci95_low": acc - 0.1, "ci95_high": acc + 0.05, "episodes": 10, "paper_protocol": False}
     write_run(tmp_path / "outputs", "run", {}, {"fewshot_eval": metrics})
     out = tmp_path / "report"

@@ -110,13 +110,14 @@ def answer_methods(backend, renderings: dict[str, dict], items: list, template, 
     """Every method answers every item; per method a JSONL of prompts and answers that a rerun resumes."""
     from tqdm.auto import tqdm
 
+    from spae.console import progress_enabled
     from spae.tasks.incontext import answer_items
 
     out = {}
     for slug, rendered in renderings.items():
         path = Path(out_dir) / f"{slug}.jsonl"
         before = path.read_bytes().count(b"\n") if path.exists() else 0
-        with tqdm(total=len(items), desc=f"in-context {slug}", unit="item") as bar:
+        with tqdm(total=len(items), desc=f"in-context {slug}", unit="item", disable=not progress_enabled()) as bar:
             seen = [0]
 
             def progress(done: int, _total: int) -> None:
@@ -172,8 +173,8 @@ def prepare_run(ctx: StageContext, role: str, plan) -> InContextRun:
     answered = answer_methods(backend, renderings, items, template, ctx.out_dir / "records",
                               int(bench.get("chunk_size", 32)))
     labels = {m.slug: m.display_label(tokens_per_image(next(iter(renderings[m.slug].values())))) for m in methods}
-    timing["per_method"] = {labels[s]: {"seconds": round(a["seconds"], 2), "items_run": a["new"],
-                                        "seconds_per_item": round(a["seconds"] / a["new"], 3) if a["new"] else None}
+    timing["per_method"] = {s: {"seconds": round(a["seconds"], 2), "items_run": a["new"],
+                                "seconds_per_item": round(a["seconds"] / a["new"], 3) if a["new"] else None}
                             for s, a in answered.items()}
     return InContextRun(methods, items, labels, answered, trained, eval_ds, pool_ds, same, backend.describe(), timing)
 
@@ -194,12 +195,12 @@ def methods_info(run: InContextRun) -> dict:
     for m in run.methods:
         first = run.answered[m.slug]["records"][0]["prompt"] if run.answered[m.slug]["records"] else ""
         model = run.trained.get(m.model) if m.model else None
-        info[run.labels[m.slug]] = {"slug": m.slug, "method": m.method, "layers": m.layers, "k": m.k,
-                                    "model_stage": f"{model.name}/{model.key}" if model else None,
-                                    "model_reused": model.cached if model else None,
-                                    # pretraining images the model saw (steps x effective batch)
-                                    "images_seen": model.summary.get("images_seen") if model else None,
-                                    "first_prompt_chars": len(first)}
+        info[m.slug] = {"label": run.labels[m.slug], "method": m.method, "layers": m.layers, "k": m.k,
+                        "model_stage": f"{model.name}/{model.key}" if model else None,
+                        "model_reused": model.cached if model else None,
+                        # pretraining images the model saw (steps x effective batch)
+                        "images_seen": model.summary.get("images_seen") if model else None,
+                        "first_prompt_chars": len(first)}
     return info
 
 
@@ -228,7 +229,7 @@ def timing_lines(run: InContextRun) -> list[str]:
     lines = ["| method | model | seconds per item |", "|---|---|---:|"]
     for m in run.methods:
         label = run.labels[m.slug]
-        spi = run.timing["per_method"][label]["seconds_per_item"]
+        spi = run.timing["per_method"][m.slug]["seconds_per_item"]
         model = run.trained.get(m.model) if m.model else None
         lines.append(f"| {label} | {f'{model.name}/{model.key}' if model else '-'} | "
                      f"{'-' if spi is None else f'{spi:.2f}'} |")
@@ -236,11 +237,12 @@ def timing_lines(run: InContextRun) -> list[str]:
 
 
 def example_rows(run: InContextRun, n: int = 5) -> list[list]:
-    """(method, item, question, answer, references) of the first n items of every method, for W&B."""
+    """(method id, label, item, question, answer, references) of the first n items of every method, for W&B."""
     rows = []
     for m in run.methods:
         for r in run.answered[m.slug]["records"][:n]:
-            rows.append([run.labels[m.slug], r["item_id"], r["question"], r["answer"], " | ".join(r["references"])])
+            rows.append([m.slug, run.labels[m.slug], r["item_id"], r["question"], r["answer"],
+                         " | ".join(r["references"])])
     return rows
 
 
@@ -274,8 +276,8 @@ def caption_markdown(cfg: dict, run: InContextRun, metrics: dict, source: str, c
               f"CLIP score = mean cosine of the query image's and the caption's embeddings under CLIP {clip_label}. "
               "BLEU-4/ROUGE-L: torchmetrics; CIDEr-D: pycocoevalcap; captions lower-cased, punctuation removed.", "",
               "| method | BLEU-4 | ROUGE-L | CIDEr-D | CLIP score | empty answers |", "|---|---:|---:|---:|---:|---:|"]
-    for label, v in metrics["methods"].items():
-        lines.append(f"| {label} | {v['bleu4']:.3f} | {v['rouge_l']:.3f} | {v['cider_d']:.3f} | {v['clip_score']:.3f} | "
+    for slug, v in metrics["methods"].items():
+        lines.append(f"| {run.labels[slug]} | {v['bleu4']:.3f} | {v['rouge_l']:.3f} | {v['cider_d']:.3f} | {v['clip_score']:.3f} | "
                      f"{v['empty_answers']}/{v['items']} |")
     lines.append(f"| reference captions (CLIP score scale) | - | - | - | {metrics['reference_clip_score']:.3f} | - |")
     lines += [""] + caption_caveats(run)
@@ -306,7 +308,8 @@ def plan_captions(cfg: dict):
     return plan
 
 
-@stage("caption_eval", deps=("eval_data", "codebook", "clip"), version=2,  # 2: image words keep their leading space
+# 3: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it
+@stage("caption_eval", deps=("eval_data", "codebook", "clip"), version=3,  # 2: image words keep their leading space
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def caption_eval(ctx: StageContext) -> dict:
     from spae.tasks.captioning import score_captions
@@ -319,19 +322,20 @@ def caption_eval(ctx: StageContext) -> dict:
     per_method = {}
     for m in run.methods:
         scores = score_captions(run.answered[m.slug]["records"])
-        per_method[run.labels[m.slug]] = {**scores, "clip_score": clip_per_method[m.slug]}
+        per_method[m.slug] = {**scores, "clip_score": clip_per_method[m.slug]}
     run.timing["scoring_seconds"] = round(time.perf_counter() - start, 2)
     metrics = {"caption_source": source, "clip": clip_label, "reference_clip_score": reference_clip,
                "methods": per_method}
     copied = copy_records(run, ctx.run_dir / "caption_eval")
     if ctx.logger is not None:
-        ctx.logger.log_table("captioning/scores", ["method", "bleu4", "rouge_l", "cider_d", "clip_score", "items"],
-                             [[label, v["bleu4"], v["rouge_l"], v["cider_d"], v["clip_score"], v["items"]]
-                              for label, v in per_method.items()])
-        ctx.logger.log_table("captioning/answers", ["method", "item", "question", "answer", "references"],
+        ctx.logger.log_table("captioning/scores", ["method", "label", "bleu4", "rouge_l", "cider_d", "clip_score",
+                                                   "items"],
+                             [[slug, run.labels[slug], v["bleu4"], v["rouge_l"], v["cider_d"], v["clip_score"],
+                               v["items"]] for slug, v in per_method.items()])
+        ctx.logger.log_table("captioning/answers", ["method", "label", "item", "question", "answer", "references"],
                              example_rows(run))
-        ctx.logger.log_metrics({"captioning": {label: {k: v[k] for k in ("bleu4", "rouge_l", "cider_d", "clip_score")}
-                                               for label, v in per_method.items()}})
+        ctx.logger.log_metrics({"captioning": {slug: {k: v[k] for k in ("bleu4", "rouge_l", "cider_d", "clip_score")}
+                                               for slug, v in per_method.items()}})
     return {"metrics": metrics, "markdown": caption_markdown(cfg, run, metrics, source, clip_label),
             "methods": methods_info(run), "timing": run.timing, "llm": run.llm, "items": len(run.items),
             "shots": int(cfg["bench"].get("shots", 0)), "records": copied, "caption_source": source}

@@ -205,6 +205,7 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
     """
     from tqdm.auto import tqdm
 
+    from spae.console import progress_enabled
     from spae.fewshot.engine import evaluate_episodes
     from spae.io import file_lock
 
@@ -212,7 +213,7 @@ def evaluate_methods(backend, renderings: dict[str, dict], episodes: dict[str, l
     total = sum(len(eps) for eps in episodes.values()) * len(renderings)
     out: dict[str, dict[str, dict]] = {slug: {} for slug in renderings}
     name = safe_name(template.name, "bench.prompt.name")
-    with tqdm(total=total, desc="few-shot episodes", unit="episode") as bar:
+    with tqdm(total=total, desc="few-shot episodes", unit="episode", disable=not progress_enabled()) as bar:
         for cell_key, eps in episodes.items():
             for slug, rendered in renderings.items():
                 bar.set_postfix_str(f"{slug} {cell_key}")
@@ -275,8 +276,8 @@ def mean_accuracy(per_cell: dict[str, dict]) -> float:
 
 def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained: dict, scoring: str = "exact",
                       choice: bool = True) -> tuple:
-    """(metrics, per-cell summaries for the tables {"headline", "choice"}, what each method is, timing), keyed
-    by display label."""
+    """(metrics, per-cell summaries for the tables {"headline", "choice"}, what each method is, timing): keyed by
+    the method's stable id (ComparedMethod.slug), the tables' by its display label (methods_info's `label`)."""
     from spae.fewshot.engine import summarize, summarize_choice
     from spae.fewshot.methods import tokens_per_image
 
@@ -289,25 +290,25 @@ def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained:
         if choice:
             average["constrained_choice"] = {"accuracy": mean_accuracy(
                 {k: v["constrained_choice"] for k, v in per_cell.items()}), "cells": len(per_cell)}
-        metrics[label] = {**per_cell, "average": average}
+        metrics[m.slug] = {**per_cell, "average": average}
         for_table["headline"][label] = {key: summarize(r["results"]) for key, r in evaluated[m.slug].items()}
         if choice:
             for_table["choice"][label] = {key: summarize_choice(r["results"]) for key, r in evaluated[m.slug].items()}
         new = sum(r["new"] for r in evaluated[m.slug].values())
         seconds = sum(r["seconds"] for r in evaluated[m.slug].values())
-        per_method_timing[label] = {"seconds": round(seconds, 2), "episodes_run": new,
-                                    "seconds_per_episode": round(seconds / new, 3) if new else None,
-                                    "per_cell": {key: {"seconds": round(r["seconds"], 2), "episodes_run": r["new"],
-                                                       "seconds_per_episode": (round(r["seconds"] / r["new"], 3)
-                                                                               if r["new"] else None)}
-                                                 for key, r in evaluated[m.slug].items()}}
-        methods_info[label] = {"slug": m.slug, "method": m.method, "layers": m.layers, "k": m.k,
-                               "tokens_per_image": tokens_per_image(first),
-                               "model_stage": (f"{trained[m.model].name}/{trained[m.model].key}"
-                                               if m.model else None),
-                               "model_reused": trained[m.model].cached if m.model else None,
-                               "model_train_seconds": round(trained[m.model].seconds, 2) if m.model else None,
-                               "model_summary": trained[m.model].summary if m.model else None}
+        per_method_timing[m.slug] = {"seconds": round(seconds, 2), "episodes_run": new,
+                                     "seconds_per_episode": round(seconds / new, 3) if new else None,
+                                     "per_cell": {key: {"seconds": round(r["seconds"], 2), "episodes_run": r["new"],
+                                                        "seconds_per_episode": (round(r["seconds"] / r["new"], 3)
+                                                                                if r["new"] else None)}
+                                                  for key, r in evaluated[m.slug].items()}}
+        methods_info[m.slug] = {"label": label, "method": m.method, "layers": m.layers, "k": m.k,
+                                "tokens_per_image": tokens_per_image(first),
+                                "model_stage": (f"{trained[m.model].name}/{trained[m.model].key}"
+                                                if m.model else None),
+                                "model_reused": trained[m.model].cached if m.model else None,
+                                "model_train_seconds": round(trained[m.model].seconds, 2) if m.model else None,
+                                "model_summary": trained[m.model].summary if m.model else None}
     return metrics, for_table, methods_info, per_method_timing
 
 
@@ -465,20 +466,20 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
     if metrics_for_table.get("choice"):
         lines += choice_markdown(metrics_for_table["choice"])
     if metrics:
-        lines += [label_set_markdown(metrics), ""]
+        lines += [label_set_markdown({methods_info[slug]["label"]: cells for slug, cells in metrics.items()}), ""]
     lines += ["| method | tokens per image | model | seconds per episode |", "|---|---:|---|---:|"]
-    for label, info in methods_info.items():
-        t = timing.get(label, {})
-        spe = t.get("seconds_per_episode")
-        lines.append(f"| {label} | {info['tokens_per_image']} | {info.get('model_stage') or '-'} | "
+    for slug, info in methods_info.items():
+        spe = timing.get(slug, {}).get("seconds_per_episode")
+        lines.append(f"| {info['label']} | {info['tokens_per_image']} | {info.get('model_stage') or '-'} | "
                      f"{'-' if spe is None else f'{spe:.2f}'} |")
     lines += ["", f"Fairness: pretraining sets {', '.join(fairness['pretraining']) or 'none'}; " + fairness["note"]]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ the stage
-# 3: leading space; 4: choice metric; 5: evaluation sets from eval_data, pretraining sets (fairness) from pretrain_data
-@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=5,
+# 3: leading space; 4: choice metric; 5: evaluation sets from eval_data, pretraining sets (fairness) from pretrain_data;
+# 6: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it
+@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=6,
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
     from spae.data import load_prepared
@@ -537,10 +538,10 @@ def fewshot_eval(ctx: StageContext) -> dict:
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
     if ctx.logger is not None:
-        rows = [[label, key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"], v["answer_is_a_class"],
-                 (v.get("constrained_choice") or {}).get("accuracy")]
-                for label, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
-        ctx.logger.log_table("fewshot/accuracy", ["method", "cell", "accuracy (exact match, paper's protocol)",
+        rows = [[slug, methods_info[slug]["label"], key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"],
+                 v["answer_is_a_class"], (v.get("constrained_choice") or {}).get("accuracy")]
+                for slug, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
+        ctx.logger.log_table("fewshot/accuracy", ["method", "label", "cell", "accuracy (exact match, paper's protocol)",
                                                   "ci95_low", "ci95_high", "episodes", "answer_is_a_class",
                                                   "constrained-choice accuracy (not the paper's protocol)"],
                              rows)

@@ -46,7 +46,7 @@ def compared(bench: dict) -> list[dict]:
             raise ValueError(f"bench.compare entry {entry!r}: unknown keys {sorted(unknown)}; valid: method, layers")
         layers = entry.get("layers")
         entries.append({"method": name, "layers": layers,
-                        "slug": name if layers is None else f"{name}_l{int(layers)}"})
+                        "slug": name if layers is None else f"{name}-l{int(layers)}"})  # the few-shot ids
     if not entries:
         raise ValueError("bench.compare is empty: name the tokenizers to generate with, e.g. [spae]")
     return entries
@@ -391,7 +391,7 @@ def markdown(results: dict, fid_label: str, llm: dict, cfg: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the stage
-@stage("generation_eval", deps=("eval_data", "codebook", "clip"),
+@stage("generation_eval", deps=("eval_data", "codebook", "clip"), version=2,  # 2: ids spae-l2 (was spae_l2)
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed", "offline"))
 def generation_eval(ctx: StageContext) -> dict:
     import torch

@@ -57,7 +57,7 @@ def vqa_markdown(cfg: dict, run: InContextRun, metrics: dict, prior: str) -> str
     lines += [METRIC_NOTES[metric].format(n="/".join(map(str, counts))), "",
               f"| method | {metric} | " + " | ".join(types) + " | empty answers |",
               "|---|---:|" + "---:|" * len(types) + "---:|"]
-    rows = list(metrics["methods"].items()) + [(f"answer prior (always \"{prior}\")", metrics["answer_prior"])]
+    rows = [(run.labels[slug], v) for slug, v in metrics["methods"].items()] + [(f"answer prior (always \"{prior}\")", metrics["answer_prior"])]
     for label, v in rows:
         per_type = " | ".join(f"{v['by_type'][t][metric]:.3f}" if t in v["by_type"] else "-" for t in types)
         lines.append(f"| {label} | {v[metric]:.3f} | {per_type} | {v['empty_answers']}/{v['items']} |")
@@ -66,7 +66,8 @@ def vqa_markdown(cfg: dict, run: InContextRun, metrics: dict, prior: str) -> str
     return "\n".join(lines + [""] + timing_lines(run)) + "\n"
 
 
-@stage("vqa_eval", deps=("eval_data", "codebook", "clip"), version=2,  # 2: all human answers; spaced image words
+# 3: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it
+@stage("vqa_eval", deps=("eval_data", "codebook", "clip"), version=3,  # 2: all human answers; spaced image words
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def vqa_eval(ctx: StageContext) -> dict:
     from spae.tasks.vqa import score_answers
@@ -74,17 +75,19 @@ def vqa_eval(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     run = prepare_run(ctx, data_role(cfg["bench"], "vqa"), plan_questions(cfg))
     start = time.perf_counter()
-    per_method = {run.labels[m.slug]: score_answers(run.answered[m.slug]["records"]) for m in run.methods}
+    per_method = {m.slug: score_answers(run.answered[m.slug]["records"]) for m in run.methods}
     prior, prior_metrics = prior_scores(run)
     run.timing["scoring_seconds"] = round(time.perf_counter() - start, 2)
     metric = prior_metrics["metric"]
     metrics = {"metric": metric, "methods": per_method, "answer_prior": {**prior_metrics, "answer": prior}}
     copied = copy_records(run, ctx.run_dir / "vqa_eval")
     if ctx.logger is not None:
-        ctx.logger.log_table(f"vqa/{metric}", ["method", metric, "items", "empty_answers"],
-                             [[label, v[metric], v["items"], v["empty_answers"]] for label, v in per_method.items()])
-        ctx.logger.log_table("vqa/answers", ["method", "item", "question", "answer", "references"], example_rows(run))
-        ctx.logger.log_metrics({"vqa": {label: {metric: v[metric]} for label, v in per_method.items()}})
+        ctx.logger.log_table(f"vqa/{metric}", ["method", "label", metric, "items", "empty_answers"],
+                             [[slug, run.labels[slug], v[metric], v["items"], v["empty_answers"]]
+                              for slug, v in per_method.items()])
+        ctx.logger.log_table("vqa/answers", ["method", "label", "item", "question", "answer", "references"],
+                             example_rows(run))
+        ctx.logger.log_metrics({"vqa": {slug: {metric: v[metric]} for slug, v in per_method.items()}})
     return {"metrics": metrics, "markdown": vqa_markdown(cfg, run, metrics, prior), "methods": methods_info(run),
             "timing": run.timing, "llm": run.llm, "items": len(run.items),
             "shots": int(cfg["bench"].get("shots", 0)), "records": copied}

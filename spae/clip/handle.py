@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from spae.console import progress_enabled
+
 
 @dataclass
 class ClipHandle:
@@ -60,7 +62,7 @@ class ClipHandle:
         self.model.eval()
         chunks = range(0, len(texts), batch_size)
         out = [self.model.encode_text(self._trim(self.tokenizer(list(texts[i:i + batch_size]))), normalize=True)
-               for i in tqdm(chunks, desc=desc, disable=not progress, unit="batch")]
+               for i in tqdm(chunks, desc=desc, disable=not (progress and progress_enabled()), unit="batch")]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     def _trim(self, tokens: torch.Tensor) -> torch.Tensor:

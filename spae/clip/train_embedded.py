@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from spae.clip.embedded import (LITE_MEAN, LITE_STD, EmbeddedClipConfig, build_embedded_clip, text_prefix_states,
                                 text_suffix, tokenizer_for)
 from spae.clip.handle import ClipHandle
+from spae.console import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def prefix_features(model, sets: Sequence[TrainingSet], image_size: int, chunk: 
     visual = model.visual.eval()
     total = sum(len(s.pools) for s in sets)
     out = []
-    with torch.no_grad(), tqdm(total=total, desc="clip: image features", unit="img") as bar:
+    with torch.no_grad(), tqdm(total=total, desc="clip: image features", unit="img",
+                                      disable=not progress_enabled()) as bar:
         for s in sets:
             for images in s.image_batches(chunk):
                 out.append(visual.forward_prefix(handle.preprocess(images)))

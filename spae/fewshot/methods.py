@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from spae.console import progress_enabled
+
 # Compared method -> (kind, the bench.methods entry whose model it needs; None = no trained model).
 METHOD_KINDS = {"spae": ("tokenizer", "spae"), "lqae": ("tokenizer", "lqae"), "frozen": ("prefix", "frozen"),
                 "clip_topk": ("clip", None)}
@@ -67,9 +69,10 @@ class ComparedMethod:
 
     @property
     def slug(self) -> str:
-        """File-name-safe identity, stable across runs (JSONL file names)."""
+        """The method's stable id (spae-l2, lqae, frozen, clip_topk-k5): the key of results.json's per-method
+        metrics, of W&B's metrics and of the JSONL file names; the display label stands beside it."""
         if self.kind == "tokenizer":
-            return f"{self.method}-l{self.layers}" if self.layers else f"{self.method}-all"
+            return f"{self.method}-l{self.layers}" if self.layers else self.method
         if self.kind == "clip":
             return f"clip_topk-k{self.k}"
         return self.method
@@ -139,7 +142,8 @@ def render_images(renderer: Renderer, images: Sequence, image_size: int, batch_s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out: list = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False,
+                          disable=not progress_enabled()):
             batch = to_tensor(list(images[start:start + batch_size]), image_size)
             rendered = renderer(batch)
             if len(rendered) != batch.shape[0]:
