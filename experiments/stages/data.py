@@ -44,25 +44,32 @@ def describe(ds) -> dict:
             "captioned": sum(1 for c in ds["caption"] if c)}
 
 
-def markdown_table(rows: dict[str, dict], stand_in: bool) -> str:
+def markdown_table(rows: dict[str, dict], stand_in: bool, data_cfg: dict | None = None) -> str:
     lines = ["### Data", ""]
     if stand_in:
         lines += ["Embedded stand-in datasets (not the paper's): see conf/data/embedded.yaml.", ""]
+    split = (data_cfg or {}).get("class_split")
+    if split:
+        lines += [f"Class split of {split.get('dataset')}: seen (pretraining) {', '.join(split['seen'])}; held out "
+                  f"(evaluation only) {', '.join(split['held_out'])}. Setup: {data_cfg.get('world', '?')}.", ""]
     lines += ["| role/name | rows | classes | questions | captioned | caption source |",
               "|---|---:|---:|---:|---:|---|"]
     for key, r in rows.items():
         lines.append(f"| {key} | {r['rows']} | {r['classes']} | {r['questions']} | {r['captioned']} | "
                      f"{r['caption_source']} |")
-    return "\n".join(lines)
+    notes = [f"- {key}: {r['source_note']}" for key, r in rows.items() if r.get("source_note")]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
-@stage("data", config_keys=("data", "seed"))
+@stage("data", config_keys=("data", "seed"), version=2)  # 2: class filters, per-source notes, disjointness check
 def prepare_data(ctx: StageContext) -> dict:
     from spae.data import drop_unreadable_images, load_split, save_prepared
+    from spae.data.fairness import check_class_disjoint
     from spae.io import read_json, write_json_atomic
     from spae.data.prepared import prepared_path
 
     cfg = ctx.cfg
+    check_class_disjoint(cfg["data"])  # before anything is built or trained
     cache_dir = str(Path(cfg["paths"]["cache_dir"]) / "datasets")
     offline = bool(cfg.get("offline", True))
     metrics: dict[str, dict] = {}
@@ -84,15 +91,17 @@ def prepare_data(ctx: StageContext) -> dict:
             write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
             save_prepared(ds, ctx.out_dir, role, name)
         sources = sorted({s for s in ds.unique("caption_source") if s})
-        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none"}
+        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none",
+                        "source_note": ds.info.description or ""}
         if reasons:
             log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
             metrics[key]["skipped_images"] = len(reasons)
             skipped[key] = reasons[:20]
         saved[key] = str(Path(role) / name)
         log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
-    numbers = {k: {m: v for m, v in r.items() if m != "caption_source"} for k, r in metrics.items()}
+    numbers = {k: {m: v for m, v in r.items() if m not in ("caption_source", "source_note")} for k, r in metrics.items()}
     if ctx.logger is not None:
         ctx.logger.log_metrics({"data": numbers})
-    return {"metrics": numbers, "markdown": markdown_table(metrics, bool(cfg["data"].get("stand_in"))),
+    return {"metrics": numbers, "markdown": markdown_table(metrics, bool(cfg["data"].get("stand_in")), cfg["data"]),
+            "sources": {k: r["source_note"] for k, r in metrics.items() if r["source_note"]},
             "datasets": saved, "stand_in": bool(cfg["data"].get("stand_in")), "skipped_images": skipped}
