@@ -91,3 +91,17 @@ def test_english_description_of_translation_lines():
     assert english_description("de.utf8=Eine Katze.\nen.utf8=A cat.") == "A cat."
     assert english_description("ca@valencia.utf8=Un gat.\n") == ""
     assert english_description("\n\n") == ""
+
+
+def test_a_drawing_shipped_twice_lands_in_one_split(tmp_path):
+    import shutil
+
+    root = tiny_openclipart(tmp_path / "oca")
+    for kind, ext in (("png", "png"), ("svg", "svg")):
+        (root / kind / "food" / "copy").mkdir(parents=True)
+        shutil.copy(root / kind / "food/fruit/red_apple_dan_gerhard_01.{}".format(ext),
+                    root / kind / "food/copy/red_apple_dan_gerhard_01.{}".format(ext))
+    for fraction in (0.2, 0.4, 0.6):
+        train, test = both_splits(clipart_spec(root, eval_fraction=fraction))
+        apples = [sum("Apple" in c for c in ds["caption"]) for ds in (train, test)]
+        assert sorted(apples) == [0, 2]

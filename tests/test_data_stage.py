@@ -16,7 +16,7 @@ def _overrides(tmp_path, fm, folder):
             "logger=none", "data=imagefolder",
             f"data.pretrain.fashion_mnist.path={fm}", "data.max_pretrain_images=20",
             f"data.classification.path={folder}",
-            "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation"]
+            "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation"]
 
 
 def test_data_stage_prepares_saves_and_reuses(tmp_path):
@@ -25,7 +25,7 @@ def test_data_stage_prepares_saves_and_reuses(tmp_path):
     results_path = execute(compose(_overrides(tmp_path, fm, folder)))
     results = json.loads(results_path.read_text())
     metrics = results["metrics"]["data"]
-    assert metrics["pretrain/fashion_mnist"] == {"rows": 20, "classes": 10, "questions": 0, "captioned": 20}
+    assert metrics["pretrain/fashion_mnist"] == {"rows": 20, "classes": 5, "questions": 0, "captioned": 20}  # seen classes only
     assert metrics["classification/imagefolder"]["rows"] == 6
     assert metrics["classification/imagefolder"]["classes"] == 2
     assert results["stages_reused"] == []
@@ -34,7 +34,7 @@ def test_data_stage_prepares_saves_and_reuses(tmp_path):
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
     assert summary["datasets"] == {"pretrain/fashion_mnist": "pretrain/fashion_mnist",
                                    "classification/imagefolder": "classification/imagefolder"}
-    assert "| pretrain/fashion_mnist | 20 | 10 |" in summary["markdown"]
+    assert "| pretrain/fashion_mnist | 20 | 5 |" in summary["markdown"]
     pretrain = load_prepared(stage_dir, "pretrain", "fashion_mnist")
     assert pretrain.column_names == list(COLUMNS) and len(pretrain) == 20
     assert class_names(load_prepared(stage_dir, "classification")) == ["golden retriever", "tabby cat"]

@@ -20,7 +20,7 @@ def overrides(tmp_path, fm, llm_dir) -> list[str]:
     return ["+bench=smoke", "bench.stages=[frozen_train]", f"paths.cache_dir={tmp_path / 'cache'}",
             f"paths.runs_dir={tmp_path / 'runs'}", "logger=none", "trainer.progress_bar=false",
             f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
-            "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
+            "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation",
             "llm=hf", f"llm.model_id={llm_dir}", "llm.dtype=float32",
             "method=frozen", "method.backbone=conv", "method.pretrained_backbone=false", "method.image_size=32",
             "method.max_steps=3", "method.batch_size=4", "method.heldout_images=4",

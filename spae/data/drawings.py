@@ -10,6 +10,7 @@ import re
 from PIL import Image
 
 _WORD = re.compile(r"[a-z]+")
+MAX_PIXELS = 40_000_000  # a few packaged PNGs are 10k x 16k or larger: seconds and gigabytes each; skipped
 ENGLISH_ZIPF = 3.0  # wordfreq Zipf frequency a word needs to count as common English (ASSETS.md: filters tepat, femmes)
 
 
@@ -17,6 +18,8 @@ def on_white_square(path, size: int) -> dict:
     """A PNG file (often RGBA with transparency) composited onto white, padded to a centred square and
     resized to size x size; returned as encoded PNG bytes for datasets.Image."""
     with Image.open(path) as raw:
+        if raw.width * raw.height > MAX_PIXELS:
+            raise Image.DecompressionBombError(f"{path}: {raw.width}x{raw.height} pixels, over {MAX_PIXELS}")
         image = raw.convert("RGBA")
     white = Image.new("RGBA", image.size, (255, 255, 255, 255))
     rgb = Image.alpha_composite(white, image).convert("RGB")
