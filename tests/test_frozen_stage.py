@@ -45,7 +45,8 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
 
     (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
-    assert summary["steps"] == 3 and summary["pretrain_images"] == 24 and summary["heldout_images"] == 4
+    # the 5 seen classes of the 24 train images (data.class_split): 12
+    assert summary["steps"] == 3 and summary["pretrain_images"] == 12 and summary["heldout_images"] == 4
     assert len(summary["samples"]) == 4 and "| classification/fashion_mnist |" in summary["markdown"]
     assert (stage_dir / "checkpoints" / "last.ckpt").is_file()
     encoder = load_frozen_encoder(stage_dir, expected_llm="hf")
