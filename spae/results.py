@@ -21,6 +21,18 @@ def git_sha(repo_dir: str | Path | None = None) -> str:
         return "unknown"
 
 
+def data_world(data: dict) -> str:
+    """What the evaluation classes are to the trained models: "novel-class" (held out of every training stage),
+    "closed-world" (also trained on), or "" where the data setup does not say."""
+    world = str(data.get("world") or "")
+    classification = (data.get("classification") or {}).get("name")
+    if world == "novel-class" and classification:
+        held = (data.get("class_split") or {}).get("held_out")
+        classes = data["classification"].get("classes")
+        return f"novel-class ({classification}" + (f": {', '.join(classes)}" if classes and classes == held else "") + ")"
+    return world
+
+
 def provenance(cfg: dict) -> dict:
     """Which data, CLIP and LLM a run used, and whether each is a stand-in for the paper's."""
     data = cfg.get("data", {})
@@ -29,6 +41,7 @@ def provenance(cfg: dict) -> dict:
     return {
         "data": data.get("name"),
         "data_is_stand_in": bool(data.get("stand_in", False)),
+        "data_world": data_world(data),
         "clip": clip.get("name"),
         "clip_is_stand_in": clip.get("kind") == "embedded",
         "llm": llm.get("name"),
@@ -106,6 +119,8 @@ def _markdown_header(results: dict) -> str:
     notes = []
     if results.get("data_is_stand_in"):
         notes.append(f"stand-in data ({results.get('data')})")
+    if results.get("data_world"):
+        notes.append(f"evaluation classes: {results['data_world'].upper() if results['data_world'] == 'closed-world' else results['data_world']}")
     if results.get("clip_is_stand_in"):
         notes.append(f"stand-in CLIP ({results.get('clip')}, trained here)")
     if results.get("llm_is_embedded"):

@@ -76,3 +76,91 @@ def tiny_vqav2_parquet(folder: Path, questions=VQAV2_QUESTIONS) -> Path:
     datasets.Dataset.from_dict(rows, features=features).to_parquet(
         str(folder / "data" / "validation-00000-of-00001.parquet"))
     return folder
+
+
+SVG_TEMPLATE = """<?xml version="1.0"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"
+     xmlns:cc="http://web.resource.org/cc/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <metadata>
+    <rdf:RDF>
+      <cc:Work rdf:about="">
+        <dc:title>{title}</dc:title>
+        <dc:description>{description}</dc:description>
+        <dc:subject>
+          <rdf:Bag>
+            <rdf:li></rdf:li>
+{tags}
+          </rdf:Bag>
+        </dc:subject>
+        <dc:publisher>
+          <cc:Agent rdf:about="http://www.openclipart.org">
+            <dc:title>Open Clip Art Library</dc:title>
+          </cc:Agent>
+        </dc:publisher>
+        <dc:creator>
+          <cc:Agent>
+            <dc:title>{author}</dc:title>
+          </cc:Agent>
+        </dc:creator>
+        <dc:rights>
+          <cc:Agent>
+            <dc:title>{author}</dc:title>
+          </cc:Agent>
+        </dc:rights>
+      </cc:Work>
+    </rdf:RDF>
+  </metadata>
+</svg>
+"""
+
+
+def clipart_drawing(root: Path, relative: str, title: str, author: str, tags=(), description: str = "",
+                    colour=(200, 30, 30)) -> None:
+    """One Open Clip Art drawing as the Debian packages ship it: png/<rel>.png (RGBA, transparent corners)
+    and svg/<rel>.svg with the RDF metadata block."""
+    png = root / "png" / f"{relative}.png"
+    svg = root / "svg" / f"{relative}.svg"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    svg.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    image.paste(Image.new("RGBA", (10, 10), (*colour, 255)), (15, 5))
+    image.save(png)
+    tag_lines = "\n".join(f"            <rdf:li>{t}</rdf:li>" for t in tags)
+    svg.write_text(SVG_TEMPLATE.format(title=title, description=description, tags=tag_lines, author=author))
+
+
+def tiny_openclipart(root: Path) -> Path:
+    clipart_drawing(root, "food/fruit/red_apple_dan_gerhard_01", "Red Apple", "Dan Gerhards",
+                    tags=["food", "apple", "fruit", "unsorted", "hash", "Dan Gerhards"],
+                    description="A shiny red apple. Drawn in Inkscape.")
+    clipart_drawing(root, "computer/icons/lemon-theme/apps/kettle", "Lemon SVG theme", "Jose Hevia",
+                    tags=["icons", "theme", "magick", "computer", "kettle"])
+    clipart_drawing(root, "animals/mammals/horses/cavallo_architetto_franc_01", "cavallo", "Architetto Francesco Rollandin")
+    clipart_drawing(root, "unsorted/zzz_01", "", "Someone Else")  # nothing English left: skipped
+    for i in range(16):
+        clipart_drawing(root, f"shapes/stars/star_{i:02d}", "star", "gramastar", tags=["stars", "geometry", "magick"],
+                        colour=(i * 10, 200, 50))
+    return root
+
+
+def tiny_tuxpaint(root: Path) -> Path:
+    def stamp(relative: str, text: str | None, png: bool = True):
+        base = root / relative
+        base.parent.mkdir(parents=True, exist_ok=True)
+        if png:
+            image = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
+            image.paste(Image.new("RGBA", (10, 20), (20, 40, 220, 255)), (10, 5))
+            image.save(base.with_suffix(".png"))
+        else:
+            base.with_suffix(".svg").write_text("<svg/>")
+        if text is not None:
+            base.with_suffix(".txt").write_text(text, encoding="utf-8")
+
+    stamp("clothes/red_handbag", "A red handbag.\nde.utf8=Eine rote Handtasche.\nfr.utf8=Un sac à main rouge.\n")
+    stamp("animals/frog", "fr.utf8=Une grenouille.\nen_GB.utf8=A frog.\n")  # no plain first line: en_GB used
+    stamp("animals/ghost", "de.utf8=Ein Geist.\n")  # no English at all: skipped
+    stamp("vehicles/bus", "A school bus.\n", png=False)  # SVG only: skipped
+    stamp("town/house", "")  # empty: skipped
+    for i in range(12):
+        stamp(f"food/fruit_{i}", f"A piece of fruit number {i}.\n")
+    return root

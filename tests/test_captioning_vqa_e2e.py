@@ -29,7 +29,7 @@ def test_captioning_and_vqa_benches_with_real_tiny_models(tmp_path):
         return compose([f"+bench={bench}", f"paths.cache_dir={tmp_path / 'cache'}", f"paths.runs_dir={tmp_path / 'runs'}",
                         "logger=none", "llm=hf", f"llm.model_id={lm}", "llm.dtype=float32", "llm.name=tiny",
                         "~codebook.source", f"+codebook.source={spec}", "codebook.min_zipf=null",
-                        f"data.pretrain.fashion_mnist.path={fm}", "~data.pretrain.easy_vqa", "~data.classification",
+                        f"data.pretrain.fashion_mnist.path={fm}", "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.classification",
                         "~data.generation", "dataset@data.vqa=vqav2", f"data.vqa.path={data}",
                         "data.vqa.answer_column=answer", "data.vqa.train_split=train", "data.vqa.eval_split=test",
                         "+dataset@data.captioning=coco_captions", f"data.captioning.path={data}",

@@ -105,3 +105,62 @@ def test_caption_pools_are_enriched_but_keep_the_dataset_caption():
     easy = caption_pool("", "a red circle")
     assert "a red circle" in easy and any("curved" in c for c in easy)
     assert caption_pool("zebra", "") == ["a photo of zebra."]
+
+
+def _pairs(concepts, pools, set_ids):
+    import numpy as np
+
+    from spae.clip.train_embedded import CachedPairs
+
+    return CachedPairs(image_prefix=torch.zeros(len(pools), 1), caption_states=torch.zeros(1), caption_mask=torch.zeros(1),
+                       pools=[np.array(p) for p in pools], concepts=np.array(concepts), captions=[],
+                       set_ids=np.array(set_ids))
+
+
+def test_free_text_batches_never_repeat_a_caption_or_a_concept():
+    """Clip-art style data: thousands of concepts, some images sharing one caption (the same title)."""
+    from spae.clip.train_embedded import StepBatches
+
+    n = 200
+    concepts = [i // 4 for i in range(n)]  # 4 images per title
+    pools = [[i // 4] for i in range(n)]  # one caption per title
+    batches = StepBatches(_pairs(concepts, pools, [0] * n), steps=20, batch_size=16, seed=0)
+    for step in range(len(batches)):
+        images, captions = batches[step]
+        assert len(images) == 16
+        assert len(set(captions.tolist())) == 16 and len({concepts[i] for i in images.tolist()}) == 16
+
+
+def test_few_concepts_repeat_but_captions_never_do_and_sets_share_by_mix():
+    import numpy as np
+
+    from spae.clip.train_embedded import StepBatches, set_shares
+
+    # set 0: a 3-class labelled set with rich pools (captions 0..29); set 1: 300 free-text images
+    concepts = [i % 3 for i in range(30)] + list(range(3, 303))
+    pools = [[(i % 3) * 10 + k for k in range(10)] for i in range(30)] + [[100 + i] for i in range(300)]
+    pairs = _pairs(concepts, pools, [0] * 30 + [1] * 300)
+    batches = StepBatches(pairs, steps=50, batch_size=8, seed=1, mix="balanced")
+    from_labelled = []
+    for step in range(len(batches)):
+        images, captions = batches[step]
+        assert len(set(captions.tolist())) == len(captions) == 8
+        from_labelled.append(int((images < 30).sum()))
+    assert max(from_labelled) <= 3  # at most one image per class while other concepts can fill the batch
+    assert np.allclose(set_shares([100, 400], "sqrt"), [1 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="clip.train.mix"):
+        set_shares([1, 2], "square")
+
+
+def test_seen_images_are_never_captioned_with_a_held_out_class_name():
+    from spae.clip.train_embedded import held_out_name_words, image_pools
+
+    forbidden = held_out_name_words(["trouser", "sneaker", "bag"])
+    assert {"trouser", "trousers", "sneakers"} <= forbidden
+    pools, dropped = image_pools(["shirt", "sandal", ""], [["a photo of a shirt"], ["a photo of a sandal"],
+                                                            ["A pair of trousers.", "trousers"]],
+                                 ["templated", "templated", "real"], enrich=True, forbidden=forbidden)
+    assert dropped > 0  # CLASS_KNOWLEDGE's shirt text mentions trousers; sneaker-like words for sandals
+    for pool in pools[:2]:
+        assert pool and not words_in(pool) & forbidden
+    assert pools[2] == ["A pair of trousers.", "trousers"]  # free text of the broad world keeps its words

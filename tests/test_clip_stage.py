@@ -59,8 +59,13 @@ def test_clip_quality_bench_meets_the_issue_targets(tmp_dirs):
 
     path = execute(compose(["+bench=clip_quality", "logger=none", *tmp_dirs]))
     metrics = json.loads(path.read_text())["metrics"]["clip_quality"]
-    assert metrics["fashion_mnist"]["zero_shot_accuracy"] >= 0.80
+    # the open world: names of classes whose images the CLIP never saw, chance 0.20
+    assert metrics["fashion_mnist_held_out"]["zero_shot_accuracy"] >= 0.40
+    assert metrics["fashion_mnist_held_out"]["classes"] == ["trouser", "dress", "bag", "coat", "sneaker"]
+    assert metrics["fashion_mnist_seen"]["zero_shot_accuracy"] >= 0.80
+    assert metrics["mnist_digits"]["images"] > 0 and "zero_shot_accuracy" in metrics["mnist_digits"]
     assert metrics["easy_vqa_shapes"]["zero_shot_accuracy"] >= 0.95
-    # meaning over spelling: held-out related words (never in captions) rank far above chance (0.5)
-    assert metrics["fashion_mnist"]["semantic"]["mean_percentile"] < 0.15
-    assert metrics["fashion_mnist"]["top_unseen_in_captions"] > 0.3
+    clip_art = metrics["retrieval"]["openclipart_test"]
+    assert clip_art["recall_at_5"] > 5 * clip_art["chance_at_1"]  # well above chance among ~600 captions
+    # meaning over spelling on the held-out classes: related words rank above chance (0.5)
+    assert metrics["fashion_mnist_held_out"]["semantic"]["mean_percentile"] < 0.3

@@ -16,7 +16,7 @@ def _overrides(tmp_path, fm, folder):
             "logger=none", "data=imagefolder",
             f"data.pretrain.fashion_mnist.path={fm}", "data.max_pretrain_images=20",
             f"data.classification.path={folder}",
-            "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation"]
+            "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation"]
 
 
 def test_data_stage_prepares_saves_and_reuses(tmp_path):
@@ -25,9 +25,9 @@ def test_data_stage_prepares_saves_and_reuses(tmp_path):
     results_path = execute(compose(_overrides(tmp_path, fm, folder)))
     results = json.loads(results_path.read_text())
     pretrain_metrics = results["metrics"]["pretrain_data"]["pretrain/fashion_mnist"]
-    assert pretrain_metrics == {"rows": 20, "classes": 10, "questions": 0, "captioned": 20,
-                                "images_per_class": {name: 2 for name in pretrain_metrics["images_per_class"]}}
-    assert len(pretrain_metrics["images_per_class"]) == 10
+    assert pretrain_metrics == {"rows": 20, "classes": 5, "questions": 0, "captioned": 20,  # seen classes only
+                                "images_per_class": {name: 4 for name in pretrain_metrics["images_per_class"]}}
+    assert len(pretrain_metrics["images_per_class"]) == 5
     metrics = results["metrics"]["eval_data"]
     assert metrics["classification/imagefolder"]["rows"] == 6
     assert metrics["classification/imagefolder"]["classes"] == 2
@@ -38,7 +38,7 @@ def test_data_stage_prepares_saves_and_reuses(tmp_path):
     (eval_dir,) = [p for p in (tmp_path / "cache" / "stages" / "eval_data").iterdir() if p.is_dir()]
     summary = json.loads((pretrain_dir / "_SUCCESS.json").read_text())["summary"]
     assert summary["datasets"] == {"pretrain/fashion_mnist": "pretrain/fashion_mnist"}
-    assert "| pretrain/fashion_mnist | 20 | 10 |" in summary["markdown"]
+    assert "| pretrain/fashion_mnist | 20 | 5 |" in summary["markdown"]
     eval_summary = json.loads((eval_dir / "_SUCCESS.json").read_text())["summary"]
     assert eval_summary["datasets"] == {"classification/imagefolder": "classification/imagefolder"}
     assert "split folders ['test', 'train']; reading 'test'" in eval_summary["notes"]["classification/imagefolder"]

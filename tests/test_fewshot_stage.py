@@ -72,11 +72,12 @@ def stage_env(tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "train_models", _fake_train_models)
     monkeypatch.setattr(fe, "build_renderers", _fake_build_renderers)
 
-    def cfg(*extra: str, cache: str = "cache", runs: str = "runs"):
-        return compose(["+bench=mini_imagenet", f"paths.cache_dir={tmp_path / cache}",
+    def cfg(*extra: str, cache: str = "cache", runs: str = "runs", data: str = "embedded"):
+        broad = ["~data.pretrain.openclipart", "~data.pretrain.tuxpaint"] if data == "embedded" else []
+        return compose(["+bench=mini_imagenet", f"data={data}", f"paths.cache_dir={tmp_path / cache}",
                         f"paths.runs_dir={tmp_path / runs}", "logger=none", "llm=smollm2_135m", "llm.backend=dummy",
                         f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
-                        "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
+                        "~data.pretrain.easy_vqa", *broad, "~data.vqa", "~data.generation",
                         COMPARE, CELLS, "bench.episodes=12", "bench.chunk_size=5", *extra])
 
     return cfg
@@ -278,3 +279,34 @@ def test_a_backend_without_loglikelihoods_reports_the_choice_as_unavailable(stag
                 assert "accuracy" not in m["constrained_choice"] and m["episodes"] == 12
     md = next((tmp_path / "runs").rglob("results.md")).read_text()
     assert "Constrained choice unavailable for SPAE (2 tokens, layers 1-2): this server cannot" in md
+
+
+# ------------------------------------------------------------------------------------------ open world
+def test_default_is_novel_class_with_zero_held_out_images_in_every_training_stage(stage_env, tmp_path):
+    results = json.loads(execute(stage_env()).read_text())
+    summary = json.loads((_stage_dir(tmp_path / "cache") / "_SUCCESS.json").read_text())["summary"]
+    fairness = summary["fairness"]
+    assert fairness["world"] == "novel-class" and fairness["images_of_eval_classes_trained_on"] == 0
+    assert set(fairness["per_stage"]) == {"clip", "train:spae", "train:lqae"}
+    for counts in fairness["per_stage"].values():
+        assert set(counts) == {"trouser", "dress", "bag", "coat", "sneaker"} and not any(counts.values())
+    assert fairness["per_set"]["fashion_mnist"]["by"] == "label"
+    md = next((tmp_path / "runs").rglob("results.md")).read_text()
+    assert "novel-class (fashion_mnist: trouser, dress, bag, coat, sneaker)" in md and "CLOSED" not in md
+    assert results["data_world"].startswith("novel-class")
+
+
+def test_held_out_classes_in_pretraining_fail_the_run_before_training(stage_env):
+    from spae.data.fairness import FairnessError
+
+    with pytest.raises(FairnessError, match="coat"):
+        execute(stage_env("data.pretrain.fashion_mnist.classes=[t-shirt,coat]"))
+
+
+def test_closed_world_option_runs_and_is_labelled_closed_world(stage_env, tmp_path):
+    execute(stage_env(data="embedded_closed"))
+    summary = json.loads((_stage_dir(tmp_path / "cache") / "_SUCCESS.json").read_text())["summary"]
+    assert summary["fairness"]["world"] == "closed-world"
+    assert summary["fairness"]["images_of_eval_classes_trained_on"] > 0  # reported, not failed
+    md = next((tmp_path / "runs").rglob("results.md")).read_text()
+    assert "CLOSED-WORLD" in md

@@ -40,7 +40,7 @@ def test_real_stages_train_once_and_the_bench_reuses_them(tmp_path):
                         "llm=hf", f"llm.model_id={lm}", "llm.dtype=float32", "llm.name=tiny",
                         "~codebook.source", f"+codebook.source={spec}", "codebook.min_zipf=null",
                         f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
-                        "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
+                        "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation",
                         "bench.episodes=4", "bench.llm_batch_size=4", *TINY, *METHODS, *extra])
 
     results = json.loads(execute(cfg()).read_text())

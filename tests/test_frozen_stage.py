@@ -20,7 +20,7 @@ def overrides(tmp_path, fm, llm_dir) -> list[str]:
     return ["+bench=smoke", "bench.stages=[frozen_train]", f"paths.cache_dir={tmp_path / 'cache'}",
             f"paths.runs_dir={tmp_path / 'runs'}", "logger=none", "trainer.progress_bar=false",
             f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
-            "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation",
+            "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation",
             "llm=hf", f"llm.model_id={llm_dir}", "llm.dtype=float32",
             "method=frozen", "method.backbone=conv", "method.pretrained_backbone=false", "method.image_size=32",
             "trainer.max_steps=3", "trainer.batch_size=4", "method.batch_size=4", "method.images_seen_ratio=1.0",
@@ -48,7 +48,8 @@ def test_frozen_train_stage_trains_saves_checks_and_is_reused(tmp_path):
 
     (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
     summary = json.loads((stage_dir / "_SUCCESS.json").read_text())["summary"]
-    assert summary["steps"] == 3 and summary["pretrain_images"] == 24 and summary["heldout_images"] == 4
+    # the 5 seen classes of the 24 train images (data.class_split): 12
+    assert summary["steps"] == 3 and summary["pretrain_images"] == 12 and summary["heldout_images"] == 4
     # its steps follow from the tokenizers' budget: 3 steps x 4 images, as many images as they read
     assert summary["images_seen"] == summary["reference_images"] == 12 and summary["images_seen_ratio"] == 1.0
     assert "12 images seen (1 x the tokenizers' 12)" in summary["markdown"]

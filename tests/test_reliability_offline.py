@@ -23,7 +23,7 @@ def _data_overrides(tmp_path, fm, folder) -> list[str]:
     return ["+bench=smoke", f"paths.cache_dir={tmp_path / 'cache'}", f"paths.runs_dir={tmp_path / 'runs'}",
             "logger=none", "data=imagefolder", f"data.pretrain.fashion_mnist.path={fm}",
             "data.max_pretrain_images=20", f"data.classification.path={folder}",
-            "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation"]
+            "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation"]
 
 
 def _network_cut_works() -> bool:

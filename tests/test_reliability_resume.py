@@ -35,7 +35,7 @@ def toy(tmp_path_factory) -> dict:
     spec = f"{{name: tiny, backend: hf_local, source: hf, model_id: '{lm}', dtype: float32}}"
     return {"common": ["logger=none", "~codebook.source", f"+codebook.source={spec}", "codebook.min_zipf=null",
                        f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
-                       "~data.pretrain.easy_vqa", "~data.vqa", "~data.generation", "clip.train.steps=2",
+                       "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation", "clip.train.steps=2",
                        "clip.train.batch_size=4", "clip.train.warmup_steps=1", "clip.train.checkpoint_every=1"]}
 
 

@@ -69,10 +69,15 @@ def describe(ds) -> dict:
             "captioned": sum(1 for c in ds["caption"] if c)}
 
 
-def markdown_table(rows: dict[str, dict], stand_in: bool, title: str = "Data", notes: dict | None = None) -> str:
+def markdown_table(rows: dict[str, dict], stand_in: bool, title: str = "Data", notes: dict | None = None,
+                   data_cfg: dict | None = None) -> str:
     lines = [f"### {title}", ""]
     if stand_in:
         lines += ["Embedded stand-in datasets (not the paper's): see conf/data/embedded.yaml.", ""]
+    split = (data_cfg or {}).get("class_split")
+    if split:
+        lines += [f"Class split of {split.get('dataset')}: seen (pretraining) {', '.join(split['seen'])}; held out "
+                  f"(evaluation only) {', '.join(split['held_out'])}. Setup: {data_cfg.get('world', '?')}.", ""]
     lines += ["| role/name | rows | classes | questions | captioned | caption source |",
               "|---|---:|---:|---:|---:|---|"]
     for key, r in rows.items():
@@ -115,16 +120,17 @@ def exclusion_identity(cfg: dict) -> dict:
 
 
 # 2: the former `data` stage's pretraining half; per-class image counts; reference_answers column; evaluation
-#    classes' WordNet ids dropped from pretraining (data.exclude_eval_classes)
-@stage("pretrain_data", config_keys=("data.pretrain", "data.max_pretrain_images", "seed"), version=2,
+#    classes' WordNet ids dropped from pretraining (data.exclude_eval_classes); 3: class filters (open world)
+@stage("pretrain_data", config_keys=("data.pretrain", "data.max_pretrain_images", "seed"), version=3,
        derived=exclusion_identity)
 def prepare_pretrain_data(ctx: StageContext) -> dict:
     return prepare_data(ctx, planned_pretrain(ctx.cfg["data"]), "pretrain_data", "Pretraining data", stand_in=False)
 
 
 # 2: the former `data` stage's evaluation half; imagefolder layout rules; per-class image counts;
-#    reference_answers column (every human answer)
-@stage("eval_data", config_keys=tuple(f"data.{role}" for role in EVAL_ROLES) + ("data.stand_in",), version=2)
+#    reference_answers column (every human answer); 3: class filters (open world), the setup's world label
+@stage("eval_data", config_keys=tuple(f"data.{role}" for role in EVAL_ROLES) + ("data.stand_in", "data.world"),
+       version=3)
 def prepare_eval_data(ctx: StageContext) -> dict:
     return prepare_data(ctx, planned_eval(ctx.cfg["data"]), "eval_data", "Evaluation data",
                         stand_in=bool(ctx.cfg["data"].get("stand_in")))
@@ -138,6 +144,7 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
     from spae.data.prepared import prepared_path
 
     cfg = ctx.cfg
+    check_class_disjoint(cfg["data"])  # before anything is built or trained
     cache_dir = str(Path(cfg["paths"]["cache_dir"]) / "datasets")
     offline = bool(cfg.get("offline", True))
     metrics: dict[str, dict] = {}
@@ -172,7 +179,8 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
             write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
             save_prepared(ds, ctx.out_dir, role, name)
         sources = sorted({s for s in ds.unique("caption_source") if s})
-        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none"}
+        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none",
+                        "source_note": ds.info.description or ""}
         if reasons:
             log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
             metrics[key]["skipped_images"] = len(reasons)
@@ -194,7 +202,7 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
         ctx.logger.log_metrics({stage_name: numbers})
     for key, counts in per_class.items():  # in results.json, not among the logged scalars
         numbers[key]["images_per_class"] = counts
-    summary = {"metrics": numbers, "markdown": markdown_table(metrics, stand_in, title, notes),
+    summary = {"metrics": numbers, "markdown": markdown_table(metrics, stand_in, title, notes, cfg["data"]),
                "datasets": saved, "stand_in": stand_in, "skipped_images": skipped, "notes": notes}
     if pretraining:
         summary["eval_class_exclusion"] = {**exclusion, "excluded_class_ids": len(excluded),

@@ -16,7 +16,6 @@ numbers, what the pretraining covered, and the time per episode.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -337,13 +336,6 @@ def training_note(budgets: dict[str, dict]) -> str:
     return ("Pretraining images seen (steps x effective batch): " + ", ".join(parts) + ".") if parts else ""
 
 
-def image_digest(image) -> str:
-    """Hash of an image's pixels (mode and size included)."""
-    import numpy as np
-
-    return hashlib.sha1(f"{image.mode}{image.size}".encode() + np.asarray(image).tobytes()).hexdigest()
-
-
 def eval_class_exclusion(data_dir: Path, names: list[str]) -> dict[str, dict]:
     """{pretraining set: what data.exclude_eval_classes did to it} from the data stage's records."""
     from spae.io import read_json
@@ -372,42 +364,61 @@ def exclusion_note(exclusion: dict[str, dict]) -> str:
     return "Evaluation classes excluded from pretraining: " + "; ".join(parts) + "." if parts else ""
 
 
-def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_classes: list[str], max_images: int | None,
-                    training: dict[str, dict] | None = None) -> dict:
-    """What the pretraining covered (datasets, classes shared with the evaluation), a check, by pixel
-    hashes, that no image an episode shows was among the pretraining images, and (`training`, from
-    training_budgets) how many pretraining images each trained method saw."""
-    from spae.data import load_prepared
-
-    eval_hashes = {image_digest(img) for img in eval_rows}
-    eval_set = {c.lower() for c in eval_classes}
+def training_stage_sets(cfg: dict, trained: dict[str, StageResult]) -> dict[str, list[str]]:
+    """{training stage: the pretraining sets it reads}: the embedded CLIP and every compared model's stage
+    read all of data.pretrain (their own subsets of it; counting the whole sets is the stricter check)."""
     names = sorted((cfg["data"].get("pretrain") or {}).keys())
-    sets, checked, overlap, complete = {}, 0, 0, True
-    for name in names:
-        ds = load_prepared(data_dir, "pretrain", name)
-        classes = sorted({c for c in ds["label_name"] if c})
-        shared = sorted(c for c in classes if c.lower() in eval_set)
-        n = len(ds) if max_images is None else min(len(ds), max(0, int(max_images) - checked))
-        complete = complete and n == len(ds)
-        hits = sum(1 for img in ds.select(range(n))["image"] if image_digest(img) in eval_hashes) if n else 0
-        checked, overlap = checked + n, overlap + hits
-        sets[name] = {"images": len(ds), "classes": len(classes), "eval_classes_covered": shared,
-                      "images_checked": n, "eval_images_found": hits}
+    stages = {"clip": names} if cfg["clip"].get("kind") == "embedded" else {}
+    for model, result in sorted(trained.items()):
+        stages[f"{result.name}:{model}"] = names
+    return stages
+
+
+def fairness_report(data_dir: Path, cfg: dict, eval_rows, eval_labels: list[str], max_images: int | None,
+                    stage_sets: dict[str, list[str]] | None = None, training: dict[str, dict] | None = None) -> dict:
+    """Per training stage, the images it could train on of each evaluation class (by label where the pretraining
+    set is the evaluation dataset, by pixel hash otherwise). Fails the run (FairnessError) when any count is not
+    zero, unless the data setup is declared closed-world (then the overlap is reported and labelled). Also
+    what data.exclude_eval_classes dropped and (`training`, from training_budgets) the images each trained
+    method saw."""
+    from spae.data import load_prepared
+    from spae.data.fairness import class_exposure, enforce, is_closed_world, stage_exposure
+
+    names = sorted((cfg["data"].get("pretrain") or {}).keys())
+    pretrain = {n: (cfg["data"]["pretrain"][n], load_prepared(data_dir, "pretrain", n)) for n in names}
+    per_set = class_exposure(pretrain, cfg["data"].get("classification") or {}, list(eval_rows), list(eval_labels),
+                             max_images)
+    stage_sets = stage_sets if stage_sets is not None else {"pretraining": names}
+    per_stage = stage_exposure(per_set, stage_sets)
+    closed = is_closed_world(cfg["data"])
+    enforce(per_stage, cfg["data"])
+    seen = sum(n for counts in per_stage.values() for n in counts.values())
+    complete = all(s["complete"] for s in per_set.values())
+    world = "CLOSED-WORLD: the evaluation classes are training classes" if closed else \
+        "novel classes: no training stage saw an image of an evaluation class"
+    note = (f"{world}. Per training stage, images of the {len(set(eval_labels))} evaluation classes it trained on: "
+            + "; ".join(f"{st}: {sum(c.values())}" for st, c in per_stage.items())
+            + " (by label where a pretraining set is the evaluation dataset, else by pixel hash of the "
+            f"{len(eval_rows)} evaluation images the episodes use"
+            + ("" if complete else ", over a capped subset of the pretraining images") + ").")
     exclusion = eval_class_exclusion(data_dir, names)
-    for name, report in exclusion.items():
-        sets[name]["eval_class_exclusion"] = report
-    covered = "; ".join(f"{n}: {len(s['eval_classes_covered'])} of the {len(eval_set)} evaluation classes"
-                        for n, s in sets.items())
-    note = (f"classes covered by pretraining labels: {covered or 'none'}. "
-            f"{overlap} of the {len(eval_hashes)} distinct evaluation images the episodes use were found among "
-            f"{checked} pretraining images (pixel hashes)" + ("" if complete else ", a capped subset of them")
-            + "; evaluation images come from the evaluation split, pretraining from the train split.")
-    note += " " + exclusion_note(exclusion)
     training = training or {}
-    note += (" " + training_note(training)) if training_note(training) else ""
-    return {"pretraining": sets, "eval_images": len(eval_hashes), "eval_images_in_pretraining": overlap,
-            "pretraining_images_checked": checked, "check_complete": complete, "training": training,
-            "eval_class_exclusion": exclusion, "note": note}
+    note += " " + exclusion_note(exclusion) + ((" " + training_note(training)) if training_note(training) else "")
+    return {"world": "closed-world" if closed else "novel-class", "per_stage": per_stage, "per_set": per_set,
+            "eval_images": len(eval_rows), "images_of_eval_classes_trained_on": seen,
+            "pretraining": {n: {"images": len(ds)} for n, (_, ds) in pretrain.items()},
+            "check_complete": complete, "training": training, "eval_class_exclusion": exclusion, "note": note}
+
+
+def fairness_markdown(fairness: dict) -> str:
+    per_stage = fairness["per_stage"]
+    classes = sorted({c for counts in per_stage.values() for c in counts})
+    lines = [f"Fairness ({fairness['world']}): images of each evaluation class that each training stage trained on "
+             "(must be 0 in the novel-class setups):", "",
+             "| training stage | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for stage, counts in per_stage.items():
+        lines.append(f"| {stage} | " + " | ".join(str(counts.get(c, 0)) for c in classes) + " |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -457,7 +468,13 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
                  f"CLIP {p['clip']} (trained here)" if p["clip_is_stand_in"] else None,
                  f"LLM {p['llm']} (embedded, not PaLM 2)" if p["llm_is_embedded"] else None]
     stand_ins = [s for s in stand_ins if s]
-    lines = ["### Few-shot classification (SPAE Table 1 protocol)", ""]
+    world = p.get("data_world") or ""
+    title = "### Few-shot classification (SPAE Table 1 protocol)"
+    if world == "closed-world":
+        title += ", CLOSED-WORLD: the evaluation classes are training classes"
+    elif world:
+        title += f", {world}: classes no training stage saw"
+    lines = [title, ""]
     if stand_ins:
         lines += ["Not the paper's setup, stand-ins: " + "; ".join(stand_ins) + ".", ""]
     lines += [f"LLM: {llm.get('name')} through {llm.get('backend')}. Prompt `{template_name}`, scoring `{scoring}`: {SCORINGS[scoring]}. {n_episodes} episodes per cell (or the cell's own count), "
@@ -472,7 +489,8 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
         spe = timing.get(slug, {}).get("seconds_per_episode")
         lines.append(f"| {info['label']} | {info['tokens_per_image']} | {info.get('model_stage') or '-'} | "
                      f"{'-' if spe is None else f'{spe:.2f}'} |")
-    lines += ["", f"Fairness: pretraining sets {', '.join(fairness['pretraining']) or 'none'}; " + fairness["note"]]
+    lines += ["", f"Fairness: pretraining sets {', '.join(fairness['pretraining']) or 'none'}; " + fairness["note"], "",
+              fairness_markdown(fairness)]
     return "\n".join(lines) + "\n"
 
 
@@ -532,8 +550,9 @@ def fewshot_eval(ctx: StageContext) -> dict:
 
     metrics, for_table, methods_info, per_method_timing = summarize_methods(methods, renderings, evaluated, trained,
                                                                             scoring, choice)
-    fairness = fairness_report(ctx.input_dir("pretrain_data"), cfg, images, sorted(set(label_names)),
-                               bench.get("fairness_max_images"), training_budgets(trained))
+    fairness = fairness_report(ctx.input_dir("pretrain_data"), cfg, images, [label_names[i] for i in indices],
+                               bench.get("fairness_max_images"), training_stage_sets(cfg, trained),
+                               training_budgets(trained))
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)

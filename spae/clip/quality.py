@@ -106,3 +106,19 @@ def spelling_overlap(top: list[list[str]], class_names: Sequence[str], prefix: i
             if w[:prefix] in stems and w not in names and w.rstrip("s") not in names:
                 hits += 1
     return hits / total if total else 0.0
+
+
+def retrieval_recall(image_emb: torch.Tensor, caption_emb: torch.Tensor, captions: Sequence[str],
+                     ks: Sequence[int] = (1, 5)) -> dict:
+    """Image-to-caption retrieval among the *distinct* captions (identical captions are one target):
+    R@k = share of images whose own caption is among the k captions nearest to the image."""
+    distinct = list(dict.fromkeys(captions))
+    position = {c: i for i, c in enumerate(distinct)}
+    first = [captions.index(c) for c in distinct]
+    targets = torch.tensor([position[c] for c in captions])
+    sims = image_emb @ caption_emb[first].T
+    own = sims.gather(1, targets[:, None])
+    rank = (sims > own).sum(1) + 1  # 1 = the own caption is nearest
+    out = {f"recall_at_{k}": float((rank <= k).float().mean()) for k in ks}
+    return {**out, "images": int(len(captions)), "distinct_captions": len(distinct),
+            "chance_at_1": 1.0 / max(len(distinct), 1), "median_rank": float(rank.float().median())}

@@ -3,8 +3,10 @@
 Fast on a CPU because the frozen parts of both towers are computed once: every image goes through the
 EfficientNet prefix once, every distinct caption through the frozen MiniLM layers once; each step then
 runs only the trained suffixes (spae.clip.embedded). Each image has a pool of captions
-(spae.clip.captions) and a random one is drawn per step. A batch holds at most one image per concept
-(class, or shape+colour), so the contrastive loss never treats an image's own meaning as a negative.
+(spae.clip.captions) and a random one is drawn per step. Pretraining sets share each batch by `mix`
+(proportional, sqrt or balanced in their sizes). A batch holds at most one image per concept (a class, a
+shape+colour, or for free-text sets such as clip art the normalised caption) and never the same caption
+twice, so the contrastive loss never treats an image's own meaning (or its very caption) as a negative.
 Checkpoints are written periodically and a rerun resumes from the last one.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ class TrainingSet:
     image_batches: object  # callable(batch_size) -> iterator of [b,3,H,W] tensors in [0,1], N rows in all
     pools: list[list[str]]  # captions each image may be trained with
     concepts: list[str]  # what each image shows (for batch composition)
+    notes: dict | None = None  # what building it dropped or filtered (reported by the clip stage)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class TrainConfig:
     warmup_steps: int = 50
     checkpoint_every: int = 250
     seed: int = 0
+    mix: str = "sqrt"  # how pretraining sets share a batch: proportional | sqrt | balanced (in their sizes)
 
     @classmethod
     def from_dict(cls, spec: dict) -> "TrainConfig":
@@ -62,6 +66,7 @@ class CachedPairs:
     pools: list[np.ndarray]  # caption indices per image
     concepts: np.ndarray  # concept id per image
     captions: list[str]
+    set_ids: np.ndarray | None = None  # pretraining set per image (None: one set)
 
 
 def prefix_features(model, sets: Sequence[TrainingSet], image_size: int, chunk: int = 256) -> torch.Tensor:
@@ -103,30 +108,60 @@ def cache_pairs(model, cfg: EmbeddedClipConfig, sets: Sequence[TrainingSet]) -> 
         image_prefix=prefix_features(model, sets, cfg.image_size),
         caption_states=states, caption_mask=mask,
         pools=[np.array([index[c] for c in pool]) for s in sets for pool in s.pools],
-        concepts=np.array([concept_ids[c] for c in concept_names]), captions=captions)
+        concepts=np.array([concept_ids[c] for c in concept_names]), captions=captions,
+        set_ids=np.concatenate([np.full(len(s.pools), k) for k, s in enumerate(sets)]))
+
+
+def set_shares(sizes: Sequence[int], mix: str) -> np.ndarray:
+    """Probability that a batch slot is drawn from each pretraining set."""
+    from spae.datamodule import PRETRAIN_MIXES, mix_weights
+
+    if mix not in PRETRAIN_MIXES:
+        raise ValueError(f"clip.train.mix={mix!r}; valid: {', '.join(PRETRAIN_MIXES)}")
+    weights = np.array([float(n) for n in sizes] if mix == "proportional" else mix_weights(sizes, mix))
+    return weights / weights.sum()
 
 
 class StepBatches(torch.utils.data.Dataset):
     """Item i is step i's batch (image ids, caption ids), drawn from a generator seeded by (seed, i): the
-    same steps after a resume, and at most one image per concept while the batch allows it."""
+    same steps after a resume. Slots go to the pretraining sets by `mix`; a drawn image whose concept is
+    already in the batch, or whose drawn caption is, is redrawn. When the data has fewer concepts than the
+    batch has slots, concepts repeat (never captions); a batch is shorter only when there are too few
+    distinct captions to fill it."""
 
-    def __init__(self, pairs: CachedPairs, steps: int, batch_size: int, seed: int, start: int = 0):
+    def __init__(self, pairs: CachedPairs, steps: int, batch_size: int, seed: int, start: int = 0,
+                 mix: str = "sqrt"):
         self.pairs, self.steps, self.batch_size, self.seed, self.start = pairs, steps, batch_size, seed, start
-        self.by_concept = [np.flatnonzero(pairs.concepts == c) for c in range(int(pairs.concepts.max()) + 1)]
+        set_ids = pairs.set_ids if pairs.set_ids is not None else np.zeros(len(pairs.pools), dtype=int)
+        self.by_set = [np.flatnonzero(set_ids == k) for k in range(int(set_ids.max()) + 1)]
+        self.by_set = [members for members in self.by_set if len(members)]
+        self.shares = set_shares([len(m) for m in self.by_set], mix)
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
+    def _fill(self, rng, images: list, captions: list, concepts: set, distinct_concepts: bool) -> None:
+        used_captions = set(captions)
+        for _ in range(self.batch_size * 20):  # bounded: tiny data may not fill the batch
+            if len(images) == self.batch_size:
+                return
+            members = self.by_set[rng.choice(len(self.by_set), p=self.shares)]
+            image = int(members[rng.integers(len(members))])
+            concept = int(self.pairs.concepts[image])
+            caption = int(rng.choice(self.pairs.pools[image]))
+            if (distinct_concepts and concept in concepts) or caption in used_captions:
+                continue
+            images.append(image), captions.append(caption), concepts.add(concept), used_captions.add(caption)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         step = self.start + index  # after a resume, continue with the steps not yet taken
         rng = np.random.default_rng([self.seed, step])
-        n_concepts = len(self.by_concept)
-        chosen = rng.permutation(n_concepts)[:self.batch_size]
-        if self.batch_size > n_concepts:  # more images than concepts: the rest repeat concepts
-            chosen = np.concatenate([chosen, rng.integers(0, n_concepts, self.batch_size - n_concepts)])
-        images = np.array([rng.choice(self.by_concept[c]) for c in chosen])
-        captions = np.array([rng.choice(self.pairs.pools[i]) for i in images])
-        return torch.from_numpy(images), torch.from_numpy(captions)
+        images: list[int] = []
+        captions: list[int] = []
+        concepts: set[int] = set()
+        self._fill(rng, images, captions, concepts, distinct_concepts=True)
+        self._fill(rng, images, captions, concepts, distinct_concepts=False)  # only when concepts ran out
+        return torch.tensor(images), torch.tensor(captions)
 
 
 def make_module(model, cfg: EmbeddedClipConfig, train: TrainConfig, pairs: CachedPairs):
@@ -191,7 +226,8 @@ def train_embedded_clip(sets: Sequence[TrainingSet], cfg: EmbeddedClipConfig, tr
     ckpt_dir = Path(work_dir) / "ckpt"
     last = ckpt_dir / "last.ckpt"
     done_steps = int(torch.load(last, weights_only=True, mmap=True)["global_step"]) if last.is_file() else 0
-    loader = torch.utils.data.DataLoader(StepBatches(pairs, train.steps, train.batch_size, train.seed, done_steps),
+    loader = torch.utils.data.DataLoader(StepBatches(pairs, train.steps, train.batch_size, train.seed, done_steps,
+                                                     train.mix),
                                          batch_size=None, shuffle=False, num_workers=0)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
                                  every_n_train_steps=train.checkpoint_every, save_weights_only=False)
@@ -211,25 +247,57 @@ def train_embedded_clip(sets: Sequence[TrainingSet], cfg: EmbeddedClipConfig, tr
     return model.eval(), stats
 
 
-def training_set_from_dataset(name: str, ds, enrich: bool = True, limit: int | None = None,
-                              seed: int = 0) -> TrainingSet:
-    """A pretraining Dataset (spae.data schema: image, label_name, caption) as a TrainingSet.
+def held_out_name_words(names: Sequence[str]) -> set[str]:
+    """Words naming held-out classes, with plurals ("sneaker" -> sneaker, sneakers)."""
+    from spae.clip.captions import words_in
 
-    With `limit`, a seeded random subset of that many rows is used (the CPU budget)."""
-    from spae.clip.captions import caption_pool, check_no_held_out
+    found = words_in(names) - {"a", "an", "the"}
+    return found | {w + "s" for w in found}
+
+
+def image_pools(label_names: list[str], captions: list[list[str]], sources: list[str], enrich: bool,
+                forbidden: set[str]) -> tuple[list[list[str]], int]:
+    """Each image's caption pool, and how many captions were dropped for naming a held-out class beside a
+    labelled image (a seen Fashion-MNIST image must never be paired with a held-out class name)."""
+    from spae.clip.captions import caption_pool, words_in
+
+    pools, dropped = [], 0
+    for label, refs, source in zip(label_names, captions, sources):
+        # templated captions (class names, easy-VQA shapes) are enriched; free text (clip art) is kept as is
+        pool = caption_pool(label or "", refs[0] if refs else "", enrich=enrich and source != "real")
+        pool = list(dict.fromkeys(pool + list(refs[1:])))
+        if label and forbidden:
+            kept = [c for c in pool if not words_in([c]) & forbidden]
+            dropped, pool = dropped + len(pool) - len(kept), kept
+        pools.append(pool)
+    return pools, dropped
+
+
+def training_set_from_dataset(name: str, ds, enrich: bool = True, limit: int | None = None,
+                              seed: int = 0, held_out_classes: Sequence[str] = ()) -> TrainingSet:
+    """A pretraining Dataset (spae.data schema: image, label_name, caption, captions) as a TrainingSet.
+
+    Every reference caption of an image joins its pool. With `limit`, a seeded random subset of that many
+    rows is used (the CPU budget). `held_out_classes`: names that must never caption a labelled image."""
+    from spae.clip.captions import check_no_held_out
     from spae.data.images import to_tensor
 
     if limit is not None and len(ds) > limit:
         ds = ds.shuffle(seed=seed).select(range(limit))
-    meta = ds.select_columns(["label_name", "caption"])
-    label_names, captions = meta["label_name"], meta["caption"]
-    pools = [caption_pool(label or "", caption or "", enrich=enrich) for label, caption in zip(label_names, captions)]
-    for pool, caption in zip(pools, captions):
+    meta = ds.select_columns(["label_name", "caption", "captions", "caption_source"])
+    label_names = meta["label_name"]
+    refs = [list(dict.fromkeys(([c] if c else []) + list(cs or []))) for c, cs in zip(meta["caption"], meta["captions"])]
+    pools, dropped = image_pools(label_names, refs, meta["caption_source"], enrich,
+                                 held_out_name_words(held_out_classes))
+    for pool, caption in zip(pools, meta["caption"]):
         if not pool:
             raise ValueError(f"pretraining set {name!r} has an image with neither caption nor label name "
                              f"(caption {caption!r}); the embedded CLIP cannot train on it")
-    check_no_held_out({c for pool in pools for c in pool})
-    concepts = [f"{name}:{label or caption}" for label, caption in zip(label_names, captions)]
+    # the words we wrote (templates, synonyms) stay clear of the relevance score's held-out related words;
+    # free text of the broad world (clip art, stamps) may name them, as a web CLIP's captions would
+    check_no_held_out({c for pool, source in zip(pools, meta["caption_source"]) if source != "real" for c in pool})
+    # a concept: the class, else the caption (normalised): two drawings titled "apple" never share a batch
+    concepts = [f"{name}:{label or ' '.join(pool[0].lower().split())}" for label, pool in zip(label_names, pools)]
 
     def image_batches(batch_size: int):
         images = ds.select_columns(["image"])
@@ -237,4 +305,5 @@ def training_set_from_dataset(name: str, ds, enrich: bool = True, limit: int | N
             rows = images[start:start + batch_size]["image"]
             yield to_tensor(rows, size=max(r.width for r in rows), channels=3)
 
-    return TrainingSet(name=name, image_batches=image_batches, pools=pools, concepts=concepts)
+    return TrainingSet(name=name, image_batches=image_batches, pools=pools, concepts=concepts,
+                       notes={"images": len(pools), "held_out_name_captions_dropped": dropped})

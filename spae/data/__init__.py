@@ -10,7 +10,7 @@ from __future__ import annotations
 import datasets
 
 # Importing the adapter modules registers them.
-from spae.data import easy_vqa, fashion_mnist, hf, imagefolder, mnist  # noqa: F401
+from spae.data import easy_vqa, fashion_mnist, hf, imagefolder, mnist, openclipart, tuxpaint  # noqa: F401
 from spae.data.hf import OfflineDatasetError
 from spae.data.images import unreadable_reason
 from spae.data.prepared import load_prepared, save_prepared
@@ -37,11 +37,16 @@ def split_name(spec: dict, split: str) -> str:
 
 def load_split(spec: dict, split: str, *, offline: bool = True, limit: int | None = None,
                seed: int = 0) -> datasets.Dataset:
-    """One split of a dataset with the uniform columns; `limit` keeps a seeded, label-stratified subset."""
+    """One split of a dataset with the uniform columns; `limit` keeps a seeded, label-stratified subset.
+    A spec with `classes: [...]` keeps only those classes, relabelled 0..K-1 in that order."""
     if not isinstance(spec, dict) or "adapter" not in spec:
         raise ValueError(f"a dataset spec is a conf/dataset/*.yaml dict with an `adapter` key; got {spec!r}")
     loader = ADAPTERS.get(spec["adapter"])
     ds = check_uniform(loader(spec, split_name(spec, split), offline))
+    if spec.get("classes") is not None:
+        from spae.data.classes import keep_classes
+
+        ds = keep_classes(ds, list(spec["classes"]), spec.get("name", "?"))
     if len(ds) == 0:
         raise InvalidInputError(f"dataset {spec.get('name')!r} (split {split_name(spec, split)!r}) has no rows; "
                                 "check its path / split names, or remove it from the data setup")
