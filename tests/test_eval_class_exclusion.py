@@ -135,7 +135,7 @@ def test_the_fairness_report_states_what_was_dropped(tmp_path):
     cfg = {"data": {"pretrain": {"imagenet": {}, "folder": {}}}}
     report = fairness_report(stage_dir, cfg, [], ["house finch", "robin"], None)
     assert "imagenet: on, 3 rows of 2 of the 2 evaluation classes dropped (by WordNet id)" in report["note"]
-    assert report["pretraining"]["imagenet"]["eval_class_exclusion"]["rows_dropped"] == 3
+    assert report["eval_class_exclusion"]["imagenet"]["rows_dropped"] == 3
 
 
 def test_an_unknown_wordnet_order_is_a_clear_error():

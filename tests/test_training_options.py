@@ -219,7 +219,7 @@ def test_every_frozen_backbone_trains_one_step_through_the_stage(backbone, tmp_p
 
     from experiments.run import execute
 
-    fm = tiny_fashion_mnist(tmp_path / "fm", n_train=8, n_test=4)
+    fm = tiny_fashion_mnist(tmp_path / "fm", n_train=20, n_test=10)  # every class: the seen-class filter
     tok = tiny_tokenizer()
     peaky_llama(len(tok)).save_pretrained(tmp_path / "llm")
     tok.save_pretrained(tmp_path / "llm")

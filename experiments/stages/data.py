@@ -144,7 +144,6 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
     from spae.data.prepared import prepared_path
 
     cfg = ctx.cfg
-    check_class_disjoint(cfg["data"])  # before anything is built or trained
     cache_dir = str(Path(cfg["paths"]["cache_dir"]) / "datasets")
     offline = bool(cfg.get("offline", True))
     metrics: dict[str, dict] = {}
@@ -179,8 +178,7 @@ def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, sta
             write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
             save_prepared(ds, ctx.out_dir, role, name)
         sources = sorted({s for s in ds.unique("caption_source") if s})
-        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none",
-                        "source_note": ds.info.description or ""}
+        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none"}
         if reasons:
             log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
             metrics[key]["skipped_images"] = len(reasons)

@@ -112,13 +112,17 @@ def cache_pairs(model, cfg: EmbeddedClipConfig, sets: Sequence[TrainingSet]) -> 
         set_ids=np.concatenate([np.full(len(s.pools), k) for k, s in enumerate(sets)]))
 
 
-def set_shares(sizes: Sequence[int], mix: str) -> np.ndarray:
-    """Probability that a batch slot is drawn from each pretraining set."""
-    from spae.datamodule import PRETRAIN_MIXES, mix_weights
+CLIP_MIXES = ("proportional", "balanced", "sqrt")
 
-    if mix not in PRETRAIN_MIXES:
-        raise ValueError(f"clip.train.mix={mix!r}; valid: {', '.join(PRETRAIN_MIXES)}")
-    weights = np.array([float(n) for n in sizes] if mix == "proportional" else mix_weights(sizes, mix))
+
+def set_shares(sizes: Sequence[int], mix: str) -> np.ndarray:
+    """Probability that a batch slot is drawn from each pretraining set: proportional to its size, equal
+    (balanced), or proportional to sqrt(size), the temperature sampling of multilingual LMs (alpha = 0.5)
+    between the two: a small set is seen more often without the large one losing most of the stream."""
+    if mix not in CLIP_MIXES:
+        raise ValueError(f"clip.train.mix={mix!r}; valid: {', '.join(CLIP_MIXES)}")
+    exponent = {"proportional": 1.0, "balanced": 0.0, "sqrt": 0.5}[mix]
+    weights = np.array([float(n) ** exponent for n in sizes])
     return weights / weights.sum()
 
 

@@ -29,7 +29,7 @@ from spae.data.registry import ADAPTERS
 from spae.data.schema import CAPTION_REAL, FEATURES
 
 PNG_ROOT, SVG_ROOT = "/usr/share/openclipart/png", "/usr/share/openclipart/svg"
-VERSION = 2  # 2: split by file content
+VERSION = 3  # 2: split by file content; 3: reference_answers column
 # Tags and path parts that say nothing about what is drawn (measured frequent noise, see ASSETS.md).
 NOISE_WORDS = frozenset({
     "unsorted", "hash", "magick", "theme", "themes", "icons", "icon", "clip", "art", "clipart", "public",
@@ -178,7 +178,8 @@ def uniform_rows(rows: dict) -> datasets.Dataset:
     return datasets.Dataset.from_dict({
         "image": rows["image"], "label": [-1] * n, "label_name": [""] * n, "caption": rows["caption"],
         "captions": rows["captions"], "caption_source": [CAPTION_REAL] * n,
-        "questions": [[] for _ in range(n)], "answers": [[] for _ in range(n)]}, features=FEATURES)
+        "questions": [[] for _ in range(n)], "answers": [[] for _ in range(n)],
+        "reference_answers": [[] for _ in range(n)]}, features=FEATURES)
 
 
 @ADAPTERS.register("openclipart")

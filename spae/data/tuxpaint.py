@@ -19,7 +19,7 @@ from spae.data.openclipart import uniform_rows
 from spae.data.registry import ADAPTERS
 
 STAMPS_ROOT = "/usr/share/tuxpaint/stamps"
-VERSION = 1
+VERSION = 2  # 2: reference_answers column
 _TRANSLATION = re.compile(r"^([a-z]{2,3}(_[A-Z]{2})?(@\w+)?)\.utf8=(.*)$")
 
 
