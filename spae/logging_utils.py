@@ -1,7 +1,8 @@
 """One logging facade per run: W&B (offline by default, online on request), CSV, or nothing.
 
-Training stages get a matching Lightning logger from `lightning_logger()`; evaluation stages log
-metrics, tables and images through the same object, so W&B receives exactly the numbers of results.json.
+The bench run (job_type "eval") receives the evaluation stages' metrics, tables and images, so W&B holds
+exactly the numbers of results.json; each training stage opens its own run in the same group through
+`training_run()` (spae.tracking.runs), so two models trained in one bench never share curves.
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def wandb_group(cfg: dict, run_id: str) -> str:
     return (cfg.get("logger") or {}).get("group") or run_id
 
 
-def init_wandb(cfg: dict, run_dir: Path, *, name: str, run_id: str, job_type: str, config: dict,
+def init_wandb(cfg: dict, run_dir: Path, *, name: str, run_id: str, group: str, job_type: str, config: dict,
                reinit: str) -> Any:
     """A W&B run with the logger's project/entity/mode in the bench's group, written under run_dir (offline:
     run_dir/wandb/offline-run-*, uploaded later with `wandb sync`)."""
@@ -91,7 +92,7 @@ def init_wandb(cfg: dict, run_dir: Path, *, name: str, run_id: str, job_type: st
 
     run_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(
-        project=opts.get("project", "spae"), entity=opts.get("entity"), group=wandb_group(cfg, run_id),
+        project=opts.get("project", "spae"), entity=opts.get("entity"), group=group,
         job_type=job_type, name=name, id=run_id[-40:].replace("/", "-") + "-" + _attempt_suffix(run_dir),
         dir=str(run_dir), mode=mode, config={**config, **knob_columns(cfg)}, reinit=reinit,
         settings=wandb.Settings(silent=True, console="off"),
@@ -131,8 +132,8 @@ class RunLogger:
             self._wandb_run = None
 
     def _start_wandb(self) -> None:
-        self._wandb_run = init_wandb(self.cfg, self.run_dir, name=self.run_id, run_id=self.run_id, job_type="eval",
-                                     config=self.cfg, reinit="finish_previous")
+        self._wandb_run = init_wandb(self.cfg, self.run_dir, name=self.run_id, run_id=self.run_id, group=self.group,
+                                     job_type="eval", config=self.cfg, reinit="finish_previous")
         self._wandb_run.define_metric(EVAL_STEP)
         self._wandb_run.define_metric("*", step_metric=EVAL_STEP)
 
@@ -172,7 +173,8 @@ class RunLogger:
             self._wandb_run.summary.update(_flatten({"results": results.get("metrics", {})}))
 
     def lightning_logger(self, save_dir: Path) -> Any:
-        """A Lightning logger writing beside the stage's artefacts (False when logging is off)."""
+        """A Lightning logger writing beside the stage's artefacts (False when logging is off). Into the bench run:
+        the training stages use their own run's instead (spae.tracking.runs.TrainingRun.lightning_logger)."""
         from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
         if self.kind == "wandb" and self._wandb_run is not None:

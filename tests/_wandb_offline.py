@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class OfflineRun:
     history: list = field(default_factory=list)  # {key: decoded value} per logged row
     artifacts: list = field(default_factory=list)  # {"name", "type", "files", "metadata"}
     config: dict = field(default_factory=dict)
+    finished: bool = False  # the exit record is written (wandb-core writes the file after finish() returns)
 
 
 def read_run(folder: Path) -> OfflineRun:
@@ -71,6 +73,8 @@ def read_run(folder: Path) -> OfflineRun:
         elif kind == "history":
             run.history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                                 for item in record.history.item})
+        elif kind == "exit":
+            run.finished = True
         elif kind == "artifact":
             run.artifacts.append({"name": record.artifact.name, "type": record.artifact.type,
                                   "files": sorted(e.path for e in record.artifact.manifest.contents),
@@ -79,6 +83,12 @@ def read_run(folder: Path) -> OfflineRun:
     return run
 
 
-def offline_runs(run_dir: Path) -> list[OfflineRun]:
-    """Every offline W&B run written under run_dir, oldest first."""
-    return [read_run(folder) for folder in sorted(Path(run_dir).glob("wandb/offline-run-*"))]
+def offline_runs(run_dir: Path, wait_s: float = 20.0) -> list[OfflineRun]:
+    """Every offline W&B run written under run_dir, oldest first, once each is complete: wandb-core (a separate
+    process) may still be writing a run's file when run.finish() has returned."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        runs = [read_run(folder) for folder in sorted(Path(run_dir).glob("wandb/offline-run-*"))]
+        if all(run.finished for run in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.1)

@@ -141,3 +141,127 @@ def test_words_are_drawn_in_their_cells():
         draw_words(image, ["a", "b", "c"])
     panels = layer_panels([torch.rand(2, 3, 8, 8)] * 2, [[["a"], ["b"]], [list("abcd"), list("efgh")]], 64)
     assert [len(p) for p in panels] == [2, 2] and panels[1][0].size == (64, 64)
+
+
+# ------------------------------------------------------------------------------------------------ dashboard
+def bench_results(run_id: str, group: str | None, layers: list[int], accuracy: float) -> dict:
+    """results.json as experiments.run writes it (the parts the dashboard reads) for an ablation-like bench."""
+    recon = {f"{m}_l{l}": accuracy + l for l in range(1, len(layers) + 1) for m in ("psnr", "ssim", "relevance")}
+    cell = {"accuracy": accuracy, "ci95_low": 0.1, "episodes": 4, "constrained_choice": {"accuracy": accuracy + 0.1}}
+    return {"run_id": run_id, "config": {"logger": {"kind": "wandb", "project": "spae-test", "group": group},
+                                         "model": {"layers": layers}},
+            "metrics": {"recon_eval": {"classification/pets": recon},
+                        "fewshot_eval": {"spae-l2": {"2way-ti-1shot-0rep": cell, "average": cell},
+                                         "lqae": {"2way-ti-1shot-0rep": {"accuracy": 0.25}, "average": cell}}}}
+
+
+def write_results(runs_dir, results: dict) -> None:
+    import json
+
+    folder = runs_dir / "ablation" / results["run_id"]
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def panel_metrics(spec: dict) -> dict[str, list]:
+    sections = spec["spec"]["section"]["panelBankConfig"]["sections"]
+    return {s["name"]: [p["config"].get("metrics") or p["config"].get("mediaKeys") for p in s["panels"]]
+            for s in sections}
+
+
+def test_dashboard_spec_builds_offline_with_the_expected_sections(tmp_path, _no_network):
+    from experiments.dashboard import build_workspace, group_results, spec_of
+
+    write_results(tmp_path, bench_results("ablation-a", "sweep-a", [1, 2, 4], 0.5))
+    write_results(tmp_path, bench_results("ablation-b", "sweep-a", [1, 2], 0.6))
+    write_results(tmp_path, bench_results("other", "sweep-b", [1], 0.7))
+    results = group_results(tmp_path, "sweep-a")
+    assert sorted(r["run_id"] for r in results) == ["ablation-a", "ablation-b"]
+    spec = spec_of(build_workspace("sweep-a", results, "me", "spae-test"))
+    sections = panel_metrics(spec)
+    assert list(sections) == ["Training curves (one run per trained model)", "Reconstruction: PSNR and SSIM per layer",
+                              "Few-shot accuracy per cell and method",
+                              "Images: pyramid layers with their words, evaluation grids"]
+    assert ["train/loss"] in sections["Training curves (one run per trained model)"]
+    assert sections["Reconstruction: PSNR and SSIM per layer"] == [
+        [f"results/recon_eval/classification/pets/psnr_l{l}" for l in (1, 2, 3)],
+        [f"results/recon_eval/classification/pets/ssim_l{l}" for l in (1, 2, 3)]]
+    fewshot = sections["Few-shot accuracy per cell and method"]
+    assert fewshot[0] == [f"results/fewshot_eval/{m}/2way-ti-1shot-0rep/accuracy" for m in ("lqae", "spae-l2")]
+    assert fewshot[1] == ["results/fewshot_eval/spae-l2/2way-ti-1shot-0rep/constrained_choice/accuracy"]
+    assert len(fewshot) == 4  # the cell, then the average, each with both metrics
+    assert sections["Images: pyramid layers with their words, evaluation grids"] == [
+        ["images/original"], ["images/layer1"], ["images/layer2"], ["images/layer3"], ["recon/classification"]]
+    runset = spec["spec"]["section"]["runSets"][0]
+    assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": "sweep-a",
+                                             "disabled": False}]
+    recon_only = bench_results("r", "sweep-c", [1, 2], 0.5)
+    del recon_only["metrics"]["fewshot_eval"]
+    names = [s.name for s in build_workspace("sweep-c", [recon_only], "me", "p").sections]
+    assert names == ["Training curves (one run per trained model)", "Reconstruction: PSNR and SSIM per layer",
+                     "Images: pyramid layers with their words, evaluation grids"]
+    assert _no_network == []
+
+
+def test_dashboard_panels_name_keys_the_runs_log(two_methods, tmp_path):
+    """Every metric a panel plots is one a bench run logs (log_results) or a training run logs (a real training)."""
+    from experiments.dashboard import TRAINING_CURVES, build_workspace, spec_of
+
+    runs, _ = two_methods
+    results = bench_results("bench-x", "sweep-a", [1, 2, 4], 0.5)
+    with RunLogger.from_config(logger_cfg({"offline": True}), tmp_path / "bench_run", "bench-x") as bench:
+        bench.log_results(results)
+    (bench_run,) = offline_runs(tmp_path / "bench_run")
+    logged = {key for row in bench_run.history for key in row}
+    spec = spec_of(build_workspace("sweep-a", [results], "me", "spae-test"))
+    eval_metrics = [k for name, panels in panel_metrics(spec).items() if name.startswith(("Recon", "Few"))
+                    for keys in panels for k in keys]
+    assert eval_metrics and set(eval_metrics) <= logged
+    trained = {key for row in runs["spae-train-spaekey0000000001"].history for key in row}
+    tokenizer_curves = {k for k in TRAINING_CURVES if k.startswith("train/") and k != "train/caption_loss"}
+    assert tokenizer_curves <= trained
+
+
+def test_dashboard_cli_builds_offline_and_save_needs_online(tmp_path, monkeypatch, capsys):
+    from experiments.dashboard import main
+
+    write_results(tmp_path, bench_results("ablation-a", "sweep-a", [1, 2], 0.5))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "spec.json"
+    assert main(["sweep-a", "--runs-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert "Few-shot accuracy per cell and method: 4 panels" in capsys.readouterr().out and out.is_file()
+    assert main(["sweep-a", "--runs-dir", str(tmp_path), "--save"]) == 2
+    assert "needs W&B online" in capsys.readouterr().err
+    assert main(["no-such-group", "--runs-dir", str(tmp_path)]) == 2
+    assert "no results.json of group 'no-such-group'" in capsys.readouterr().err
+
+
+def test_frozen_training_logs_its_own_run_and_weights_and_a_reused_stage_none(tmp_path):
+    """Through experiments.run.execute: the bench run and Frozen's training run share the group (the run id when
+    logger.group is null); a rerun that reuses the trained encoder starts no training run."""
+    from _data_fixtures import tiny_fashion_mnist
+    from _tiny_lm import tiny_tokenizer
+    from conftest import compose
+    from test_frozen_baseline import peaky_llama
+    from test_frozen_stage import overrides
+
+    from experiments.run import execute
+
+    fm, tok, llm_dir = tiny_fashion_mnist(tmp_path / "fm", n_train=24, n_test=10), tiny_tokenizer(), tmp_path / "llm"
+    peaky_llama(len(tok)).save_pretrained(llm_dir)
+    tok.save_pretrained(llm_dir)
+    args = [o for o in overrides(tmp_path, fm, llm_dir) if o != "logger=none"]
+    args += ["logger=wandb_offline", "trainer.log_every_n_steps=1"]
+    run_dir = execute(compose(args)).parent
+    runs = {run.job_type: run for run in offline_runs(run_dir)}
+    assert set(runs) == {"eval", "train"} and runs["eval"].name == run_dir.name
+    (stage_dir,) = [p for p in (tmp_path / "cache" / "stages" / "frozen_train").iterdir() if p.is_dir()]
+    assert runs["train"].name == f"frozen-frozen_train-{stage_dir.name}"
+    assert runs["train"].group == runs["eval"].group == run_dir.name
+    losses = [row["train/caption_loss"] for row in runs["train"].history if "train/caption_loss" in row]
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+    (artifact,) = runs["train"].artifacts
+    assert artifact["files"] == ["frozen_encoder.json", "frozen_encoder.safetensors"]
+    assert artifact["metadata"]["stage_key"] == stage_dir.name and artifact["metadata"]["method"] == "frozen"
+    execute(compose(args))  # reuses the trained encoder
+    assert sorted(run.job_type for run in offline_runs(run_dir)) == ["eval", "eval", "train"]

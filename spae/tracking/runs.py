@@ -37,7 +37,8 @@ class TrainingRun:
 
         name = run_name(method, stage, key)
         config = {**redact(cfg), "tracking": {"stage": stage, "stage_key": key, "method": method}}
-        run = init_wandb(cfg, bench.run_dir, name=name, run_id=f"{stage}-{method}-{key}", job_type="train",
+        run = init_wandb(cfg, bench.run_dir, name=name, run_id=f"{stage}-{method}-{key}",
+                         group=bench.group, job_type="train",
                          config=config, reinit="create_new")
         run.define_metric(STEP_AXIS)
         for pattern in STEP_AXIS_KEYS:
