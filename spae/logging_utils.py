@@ -1,7 +1,8 @@
 """One logging facade per run: W&B (offline by default, online on request), CSV, or nothing.
 
-Training stages get a matching Lightning logger from `lightning_logger()`; evaluation stages log
-metrics, tables and images through the same object, so W&B receives exactly the numbers of results.json.
+The bench run (job_type "eval") receives the evaluation stages' metrics, tables and images, so W&B holds
+exactly the numbers of results.json; each training stage opens its own run in the same group through
+`training_run()` (spae.tracking.runs), so two models trained in one bench never share curves.
 """
 from __future__ import annotations
 
@@ -68,6 +69,36 @@ def secrets_in_config(cfg: Any, environ: dict | None = None) -> list[str]:
     return found
 
 
+# The bench run's metrics are plotted against their own axis (the order the stages logged them); training
+# curves live in their own runs (spae.tracking.runs), against trainer/global_step.
+EVAL_STEP = "eval/step"
+
+
+def wandb_group(cfg: dict, run_id: str) -> str:
+    """The W&B group of a bench run and of the models it trains: the sweep's logger.group, else the run id."""
+    return (cfg.get("logger") or {}).get("group") or run_id
+
+
+def init_wandb(cfg: dict, run_dir: Path, *, name: str, run_id: str, group: str, job_type: str, config: dict,
+               reinit: str) -> Any:
+    """A W&B run with the logger's project/entity/mode in the bench's group, written under run_dir (offline:
+    run_dir/wandb/offline-run-*, uploaded later with `wandb sync`)."""
+    opts = cfg.get("logger") or {}
+    mode = opts.get("mode", "offline")
+    if cfg.get("offline", True) and mode == "online":  # checked before the (slow) wandb import
+        raise ConfigConflictError("logger=wandb (online) conflicts with offline=true; use "
+                                  "logger=wandb_offline, or set offline=false to log online")
+    import wandb
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=opts.get("project", "spae"), entity=opts.get("entity"), group=group,
+        job_type=job_type, name=name, id=run_id[-40:].replace("/", "-") + "-" + _attempt_suffix(run_dir),
+        dir=str(run_dir), mode=mode, config={**config, **knob_columns(cfg)}, reinit=reinit,
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+
+
 class RunLogger:
     def __init__(self, kind: str, run_dir: Path, run_id: str, cfg: dict):
         self.kind = kind
@@ -75,11 +106,17 @@ class RunLogger:
         self.run_id = run_id
         self.cfg = redact(cfg)
         self._wandb_run = None
+        self._eval_step = 0
+        self.training_runs: list = []  # spae.tracking.runs.TrainingRun started under this bench run
 
     @classmethod
     def from_config(cls, cfg: dict, run_dir: Path, run_id: str) -> "RunLogger":
         kind = (cfg.get("logger") or {}).get("kind", "none")
         return cls(kind, run_dir, run_id, cfg)
+
+    @property
+    def group(self) -> str:
+        return wandb_group(self.cfg, self.run_id)
 
     # context manager: start/finish the W&B run
     def __enter__(self) -> "RunLogger":
@@ -88,43 +125,47 @@ class RunLogger:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        for child in self.training_runs:  # a stage that failed mid-training leaves its run open
+            child.finish(exit_code=1 if exc[0] is not None else 0)
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
 
     def _start_wandb(self) -> None:
-        opts = self.cfg.get("logger", {})
-        mode = opts.get("mode", "offline")
-        if self.cfg.get("offline", True) and mode == "online":  # checked before the (slow) wandb import
-            raise ConfigConflictError("logger=wandb (online) conflicts with offline=true; use "
-                                      "logger=wandb_offline, or set offline=false to log online")
-        import wandb
+        self._wandb_run = init_wandb(self.cfg, self.run_dir, name=self.run_id, run_id=self.run_id, group=self.group,
+                                     job_type="eval", config=self.cfg, reinit="finish_previous")
+        self._wandb_run.define_metric(EVAL_STEP)
+        self._wandb_run.define_metric("*", step_metric=EVAL_STEP)
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._wandb_run = wandb.init(
-            project=opts.get("project", "spae"), entity=opts.get("entity"), group=opts.get("group"),
-            name=self.run_id, id=self.run_id[-40:].replace("/", "-") + "-" + _attempt_suffix(self.run_dir),
-            dir=str(self.run_dir), mode=mode, config={**self.cfg, **knob_columns(self.cfg)}, reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+    def training_run(self, stage: str, method: str, key: str, cfg: dict) -> Any:
+        """A separate W&B run for one trained model (spae.tracking.runs.TrainingRun), in this run's group."""
+        from spae.tracking.runs import TrainingRun
+
+        run = TrainingRun.start(self, stage, method, key, cfg)
+        self.training_runs.append(run)
+        return run
+
+    def _log(self, payload: dict, step: int | None = None) -> None:
+        self._eval_step += 1
+        self._wandb_run.log({**payload, EVAL_STEP: self._eval_step}, step=step)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         flat = _flatten(metrics)
         self._append_jsonl({"step": step, **flat})
         if self._wandb_run is not None:
-            self._wandb_run.log(flat, step=step)
+            self._log(flat, step=step)
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self._wandb_run is not None:
             import wandb
 
-            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)})
+            self._log({name: wandb.Table(columns=columns, data=rows)})
 
     def log_image(self, name: str, path: str | Path, caption: str | None = None) -> None:
         if self._wandb_run is not None:
             import wandb
 
-            self._wandb_run.log({name: wandb.Image(str(path), caption=caption)})
+            self._log({name: wandb.Image(str(path), caption=caption)})
 
     def log_results(self, results: dict) -> None:
         self.log_metrics({"results": results.get("metrics", {})})
@@ -132,7 +173,8 @@ class RunLogger:
             self._wandb_run.summary.update(_flatten({"results": results.get("metrics", {})}))
 
     def lightning_logger(self, save_dir: Path) -> Any:
-        """A Lightning logger writing beside the stage's artefacts (False when logging is off)."""
+        """A Lightning logger writing beside the stage's artefacts (False when logging is off). Into the bench run:
+        the training stages use their own run's instead (spae.tracking.runs.TrainingRun.lightning_logger)."""
         from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
         if self.kind == "wandb" and self._wandb_run is not None:

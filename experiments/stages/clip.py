@@ -11,6 +11,7 @@ import torch
 
 from experiments.pipeline import StageContext, stage
 from spae.io import read_json, write_json_atomic
+from spae.tracking.runs import training_run
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ def train_embedded_stage(ctx: StageContext, spec: dict) -> dict:
     with torch_threads(train_spec.get("threads")):
         sets = pretraining_sets(ctx, bool(train_spec.get("enrich_captions", True)),
                                 train_spec.get("max_images_per_set"), train.seed)
-        logger = ctx.logger.lightning_logger(ctx.out_dir) if ctx.logger is not None else False
-        model, stats = train_embedded_clip(sets, cfg, train, ctx.out_dir, lightning_logger=logger)
+        run = training_run(ctx.logger, "clip", "clip", ctx.out_dir, ctx.cfg)  # its own W&B run
+        model, stats = train_embedded_clip(sets, cfg, train, ctx.out_dir,
+                                           lightning_logger=run.lightning_logger(ctx.out_dir))
+        run.finish(stats)
     digest = save_embedded(model, cfg, ctx.out_dir, info={"training": stats})
     from spae.clip.captions import words_in
 

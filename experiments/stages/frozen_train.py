@@ -16,6 +16,7 @@ from pathlib import Path
 from experiments.pipeline import StageContext, stage
 from experiments.stages.train import check_world_size, stop_if_paused
 from spae.errors import InvalidConfigError
+from spae.tracking.runs import training_run
 from spae.training import build_trainer, effective_batch, images_seen, lightning_extras, steps_for_images
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,8 @@ def frozen_train(ctx: StageContext) -> dict:
     else:
         before = heldout_loss(module, rows, int(method["image_size"]))
         write_json_atomic(out / BEFORE_FILE, before)
-    logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
-    trainer = build_trainer(cfg["trainer"], out, logger, max_steps=budget["steps"],
+    run = training_run(ctx.logger, "frozen_train", "frozen", out, cfg)  # its own W&B run
+    trainer = build_trainer(cfg["trainer"], out, run.lightning_logger(out), max_steps=budget["steps"],
                             max_time_s=method.get("max_time_s"),
                             checkpoint_every=int(method["checkpoint_every_n_steps"]))
     check_world_size(trainer, cfg["trainer"])
@@ -255,4 +256,6 @@ def frozen_train(ctx: StageContext) -> dict:
         ctx.logger.log_metrics({"frozen_train": summary["metrics"]})
         ctx.logger.log_table("frozen_train/heldout_captions", ["set", "reference", "target", "generated", "right"],
                              samples)
+    run.log_checkpoint([out / WEIGHTS_FILE, out / CONFIG_FILE], summary)
+    run.finish(summary)
     return summary

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
 from spae.errors import UserError
+from spae.tracking.runs import training_run
 from spae.training import (build_trainer, check_resume_checkpoint, effective_batch, images_seen, lightning_extras,
                            world_size)
 
@@ -111,13 +112,14 @@ def train_stage(ctx: StageContext) -> dict:
     dm = PretrainDataModule(datasets, config["model"]["image_size"], int(tr["batch_size"]), config["seed"],
                             total_batches=int(tr["max_steps"]), num_workers=int(tr.get("num_workers", 0)),
                             mix=str(config["method"].get("pretrain_mix", "proportional")))
-    logger = ctx.logger.lightning_logger(out) if ctx.logger is not None else False
+    run = training_run(ctx.logger, "train", config["method"]["name"], out, cfg)  # its own W&B run
     per_batch = module.optimizer_steps_per_batch  # Lightning counts every optimizer's step
     tr = cfg["trainer"]
-    trainer = build_trainer(tr, out, logger, max_steps=int(tr["max_steps"]) * per_batch,
+    trainer = build_trainer(tr, out, run.lightning_logger(out), max_steps=int(tr["max_steps"]) * per_batch,
                             max_time_s=tr.get("max_time_s"),
                             checkpoint_every=int(tr.get("checkpoint_every_n_steps", 50)) * per_batch)
     check_world_size(trainer, tr)
+    trainer.callbacks.extend(filter(None, [run.image_callback(dm.dataset, cfg.get("logger"))]))
     last = out / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
     log.info("train %s: %s, %d pretraining images, resume=%s", config["method"]["name"], module.describe(),
@@ -153,6 +155,6 @@ def train_stage(ctx: StageContext) -> dict:
     if not trainer.is_global_zero:  # DDP: ranks hold identical weights; rank 0 alone writes them
         return summary
     save_tokenizer(module, out, extra={"summary": summary})
-    if ctx.logger is not None:
-        ctx.logger.log_metrics({"train": {"steps": summary["steps"], "fit_seconds": summary["fit_seconds"]}})
+    run.log_checkpoint([out / WEIGHTS_FILE, out / CONFIG_FILE], summary)
+    run.finish(summary)
     return summary
