@@ -41,6 +41,7 @@ def test_multirun_with_choice_runs_each_job_and_records_its_overrides(tmp_path):
 
     fm = tiny_fashion_mnist(tmp_path / "fm")
     out = _cli(tmp_path, "-m", "+bench=smoke", "method=choice(spae,lqae)", "~data.pretrain.easy_vqa",
+               "~data.pretrain.openclipart", "~data.pretrain.tuxpaint",
                "~data.vqa", "~data.generation", f"data.pretrain.fashion_mnist.path={fm}",
                f"data.classification.path={fm}")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -35,6 +35,7 @@ def _smoke(tmp_path: Path, *extra: str, env: dict | None = None) -> subprocess.C
     environ = {k: v for k, v in os.environ.items() if k != console.PROGRESS_ENV} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "experiments.run", "+bench=smoke", "~data.pretrain.easy_vqa", "~data.vqa",
+         "~data.pretrain.openclipart", "~data.pretrain.tuxpaint",
          "~data.generation", f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
          f"paths.cache_dir={tmp_path / 'cache'}", f"paths.runs_dir={tmp_path / 'runs'}", "logger=none", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=environ)

@@ -60,13 +60,14 @@ def test_main_command_points_caches_at_the_given_folders(tmp_path):
 def test_smoke_bench_cold_then_warm(tmp_path, capsys):
     """The real main-command path on the tiny smoke bench (~45 s): warm reuses every stage."""
     result = e2e.main(["--bench", "smoke", "--workdir", str(tmp_path), "--sample-s", "0.2",
-                       "--out", str(tmp_path / "e2e.json"), "experiment=debug"])
+                       "--out", str(tmp_path / "e2e.json"), "experiment=debug",
+                       "~data.pretrain.openclipart", "~data.pretrain.tuxpaint"])
     cold, warm = result["cold"], result["warm"]
-    assert cold["stage_seconds"]["data"] > 0 and cold["stages_reused"] == []
-    assert warm["stages_reused"] == ["data"] and warm["stage_seconds"]["data"] == 0.0
+    assert cold["stage_seconds"]["pretrain_data"] > 0 and cold["stages_reused"] == []
+    assert warm["stages_reused"] == ["eval_data", "pretrain_data"] and warm["stage_seconds"]["pretrain_data"] == 0.0
     assert warm["wall_seconds"] < cold["wall_seconds"]
     assert json.loads(Path(tmp_path / "e2e.json").read_text())["table"] == result["table"]
-    assert "data" in capsys.readouterr().out
+    assert "pretrain_data" in capsys.readouterr().out
 
 
 def test_executed_stages_lists_nested_stages_from_the_cache_markers(tmp_path):
