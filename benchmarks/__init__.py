@@ -1,1 +1,1 @@
-"""Benchmarks: grid definitions, the paper's reported numbers and results tables (pure functions)."""
+"""Benchmarks: the paper's reported numbers (paper_numbers.yaml, read by spae.fewshot.table) and perf/ speed scripts."""

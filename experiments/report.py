@@ -5,7 +5,7 @@
 
 Writes into --out (default: <first folder given>/report):
 - table1.md / table1.csv: SPAE Table 1, few-shot accuracy per cell for every (run, method), the paper's numbers
-  below ours (benchmarks/paper_numbers.yaml);
+  below ours (benchmarks/paper_numbers.yaml, read by spae.fewshot.table);
 - table4.md / table4.csv: SPAE Table 4-style ablation rows, one per run with reconstruction metrics: the
   ablation knobs, PSNR / SSIM / semantic relevance per layer prefix, code usage and few-shot accuracy;
 - figure10.png: PSNR, SSIM and semantic relevance against the token count, one line per variant;
@@ -139,7 +139,7 @@ def provenance(run: dict) -> dict:
 # ------------------------------------------------------------------------------------------ Table 1
 def table1_rows(runs: list[dict], knobs: list[str]) -> tuple[list[dict], list]:
     """One row per (run, compared method) with few-shot metrics, then the paper's rows; and the cells shown."""
-    from benchmarks.fewshot import Cell, load_paper_numbers, table1_grid
+    from spae.fewshot.table import Cell, load_paper_numbers, table1_grid
 
     grid = {c.key: c for c in table1_grid()}
     rows, present = [], set()
@@ -169,19 +169,13 @@ def table1_rows(runs: list[dict], knobs: list[str]) -> tuple[list[dict], list]:
                          "clip": "-", "llm": "PaLM 2" if "PaLM" in method else "-", "run": paper["source"],
                          "cells": cells})
     order = [c for c in table1_grid() if c.key in present] + sorted(
-        (_cell_from_key(k, Cell) for k in present if k not in grid), key=lambda c: c.key)
+        (Cell.from_key(k) for k in present if k not in grid), key=lambda c: c.key)
     return rows, order
 
 
 def _cell_percent(m: dict) -> dict:
     return {"accuracy": 100 * m["accuracy"], "ci_low": 100 * m["ci95_low"], "ci_high": 100 * m["ci95_high"],
             "n": m["episodes"]}
-
-
-def _cell_from_key(key: str, Cell):
-    ways, ti, shots, reps = key.split("-")
-    return Cell(int(ways.removesuffix("way")), int(shots.removesuffix("shot")), int(reps.removesuffix("rep")),
-                ti == "ti")
 
 
 def table1_markdown(rows: list[dict], cells: list) -> str:
@@ -287,10 +281,10 @@ def table4_markdown(rows: list[dict], knobs: list[str]) -> str:
 
 
 def _cell_header(key: str) -> str:
-    from benchmarks.fewshot import Cell
+    from spae.fewshot.table import Cell
 
     try:
-        cell = _cell_from_key(key, Cell)
+        cell = Cell.from_key(key)
     except ValueError:
         return key
     return f"{cell.n_way}-way {cell.header}"
@@ -387,7 +381,7 @@ def build_report(patterns: list[str], out_dir: Path | None = None, wandb_mode: s
         md = table1_markdown(t1_rows, cells)
         written["table1.md"] = _write(out_dir / "table1.md", md, write_text_atomic)
         written["table1.csv"] = _write(out_dir / "table1.csv", table1_csv(t1_rows, cells), write_text_atomic)
-        from benchmarks.fewshot import load_paper_numbers
+        from spae.fewshot.table import load_paper_numbers
 
         sections += ["## Table 1: few-shot classification (accuracy %, 95% Wilson interval, episodes)", "", md,
                      f"Paper: {load_paper_numbers()['source']}. † repeats not stated in the quote. "

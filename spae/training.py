@@ -10,7 +10,7 @@ from typing import Any
 
 from spae.config import TrainerConfig
 from spae.console import progress_enabled
-from spae.errors import InvalidConfigError
+from spae.errors import InvalidConfigError, UserError
 
 
 def _resume_mid_stream_callback():
@@ -247,3 +247,27 @@ def steps_for_images(target_images: float, batch: int) -> int:
     steps = max(1, math.ceil(target / int(batch)))
     assert 0 <= steps * batch - target < batch or steps == 1, (steps, batch, target_images)
     return steps
+
+
+def check_world_size(trainer, trainer_cfg: dict) -> None:
+    """The effective batch (and with it the run's identity) was computed from the config's device count; the
+    Trainer must have started exactly that many processes."""
+    expected = world_size(trainer_cfg)
+    if trainer.world_size != expected:
+        raise RuntimeError(f"the Trainer runs {trainer.world_size} process(es) but trainer.devices x num_nodes gives "
+                           f"{expected}; the stage key (effective batch) would be wrong")
+
+
+class TrainingPaused(UserError):
+    """A wall-time cap stopped training before max_steps; the checkpoint is kept and a rerun continues."""
+
+
+def stop_if_paused(steps: int, max_steps: int, cap_s, cap_key: str, out_dir: Path) -> None:
+    """A model trained for fewer steps than configured must never be cached as the configured model (on a busy
+    machine a time cap used to yield, silently, a 36-step tokenizer reused by every later run). So a binding
+    cap pauses training: the caller marks nothing as done, the message is clear, and the same command resumes
+    from the checkpoint."""
+    if steps < max_steps:
+        raise TrainingPaused(f"training stopped by {cap_key}={cap_s} after {steps} of {max_steps} steps; the "
+                             f"checkpoint in {out_dir / 'checkpoints'} is kept: rerun the same command to continue "
+                             f"(it resumes there), or raise {cap_key} (null = no cap)")

@@ -79,13 +79,13 @@ class ColourClip:
 def install_fakes(monkeypatch):
     """No codebook/clip stage work, fake models and renderers, the colour CLIP."""
     import spae.clip.loading
-    from experiments.stages import fewshot_eval as fe
+    from experiments import incontext
 
     noop = lambda ctx: {}  # noqa: E731
     monkeypatch.setitem(STAGES._items, "codebook", StageSpec("codebook", noop))
     monkeypatch.setitem(STAGES._items, "clip", StageSpec("clip", noop))
-    monkeypatch.setattr(fe, "train_models", fake_train_models)
-    monkeypatch.setattr(fe, "build_renderers", fake_build_renderers)
+    monkeypatch.setattr(incontext, "train_models", fake_train_models)
+    monkeypatch.setattr(incontext, "build_renderers", fake_build_renderers)
     monkeypatch.setattr(spae.clip.loading, "load_clip_from_stage", lambda stage_dir, cache_dir=None: ColourClip())
 
 

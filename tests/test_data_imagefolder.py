@@ -139,7 +139,7 @@ def test_hf_adapter_reads_a_local_image_folder_by_the_same_rules(tmp_path):
 
 
 def test_few_shot_on_a_folder_that_reads_as_one_class_names_the_folder_and_the_classes(tmp_path):
-    from benchmarks.fewshot import Cell as FewShotCell
+    from spae.fewshot.table import Cell as FewShotCell
     from experiments.stages.fewshot_eval import classification_source, plan_episodes
 
     cfg = {"data": {"classification": {"name": "imagefolder", "path": "/data/drawings"}}}

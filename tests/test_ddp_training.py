@@ -95,6 +95,7 @@ class RecordRank:
 def run_worker(work: Path) -> None:
     """Both ranks run the real train stage; a callback records what each rank holds at the end."""
     import experiments.stages.train as train_mod
+    from experiments import clip_relevance
     from experiments.pipeline import StageContext, StageResult
     from tests.tokenizer_helpers import fake_relevance
 
@@ -107,7 +108,7 @@ def run_worker(work: Path) -> None:
         return trainer
 
     train_mod.build_trainer = build_with_record
-    train_mod.relevance_function = lambda ctx, codebook: fake_relevance(codebook.size)
+    clip_relevance.relevance_function = lambda ctx, codebook: fake_relevance(codebook.size)
     inputs = {name: StageResult(name, "k", work / name, {}, True, 0.0) for name in ("pretrain_data", "codebook", "clip")}
     summary = train_mod.train_stage(StageContext(worker_config(work), work / "train", work / "run", inputs))
     rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -17,7 +17,7 @@ import experiments.stages  # noqa: F401  (registers the stages)
 from experiments.pipeline import STAGES, StageResult, StageSpec
 from experiments.run import execute
 from tests._backend_spy import count_generate_calls
-from experiments.stages import fewshot_eval as fe
+from experiments import incontext
 from spae.fewshot.methods import ComparedMethod, parse_compare, render_images, tokens_per_image
 from spae.llm.dummy import DummyBackend
 
@@ -69,8 +69,8 @@ def stage_env(tmp_path, monkeypatch):
     noop = lambda ctx: {}  # noqa: E731
     monkeypatch.setitem(STAGES._items, "codebook", StageSpec("codebook", noop))
     monkeypatch.setitem(STAGES._items, "clip", StageSpec("clip", noop))
-    monkeypatch.setattr(fe, "train_models", _fake_train_models)
-    monkeypatch.setattr(fe, "build_renderers", _fake_build_renderers)
+    monkeypatch.setattr(incontext, "train_models", _fake_train_models)
+    monkeypatch.setattr(incontext, "build_renderers", _fake_build_renderers)
 
     def cfg(*extra: str, cache: str = "cache", runs: str = "runs", data: str = "embedded"):
         broad = ["~data.pretrain.openclipart", "~data.pretrain.tuxpaint"] if data == "embedded" else []
@@ -239,7 +239,7 @@ class WrongWordsRightRanking(DummyBackend):
 
 
 def test_results_carry_both_metrics_with_their_labels_and_never_swap_them(stage_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(fe, "build_llm", lambda cfg: WrongWordsRightRanking())
+    monkeypatch.setattr(incontext, "build_llm", lambda cfg: WrongWordsRightRanking())
     results = json.loads(execute(stage_env()).read_text())
     metrics = results["metrics"]["fewshot_eval"]
     choice_accuracies = []
@@ -270,7 +270,7 @@ def test_a_backend_without_loglikelihoods_reports_the_choice_as_unavailable(stag
         def choice_scoring_unavailable(self, with_embeddings=False):
             return "this server cannot score given continuations"
 
-    monkeypatch.setattr(fe, "build_llm", lambda cfg: NoScores())
+    monkeypatch.setattr(incontext, "build_llm", lambda cfg: NoScores())
     metrics = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
     for per_cell in metrics.values():
         for key, m in per_cell.items():

@@ -1,7 +1,9 @@
 """Table 1 grid, the paper's numbers file and the Markdown tables."""
 from __future__ import annotations
 
-from benchmarks.fewshot import Cell, formats_markdown, load_paper_numbers, table1_grid, table1_markdown
+import pytest
+
+from spae.fewshot.table import Cell, formats_markdown, load_paper_numbers, table1_grid, table1_markdown
 
 
 def test_grid_is_spae_table1():
@@ -49,3 +51,10 @@ def test_grid_end_to_end_with_dummy(tmp_path):
     assert len(list(tmp_path.glob("*.jsonl"))) == 12
     text = table1_markdown({"dummy": summaries})
     assert "| dummy (ours) | 100.0 [56.6, 100.0] (n=5) |" in text and "| 100.0 |" in text
+
+
+def test_a_cell_is_read_back_from_its_key():
+    for cell in table1_grid():
+        assert Cell.from_key(cell.key) == cell
+    with pytest.raises(ValueError):
+        Cell.from_key("5-way, 1 shot")

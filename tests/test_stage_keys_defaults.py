@@ -34,8 +34,8 @@ def keys_of(targets: list[str], cfg: dict) -> dict[str, str]:
 def nested_training_keys(cfg: dict, monkeypatch) -> dict[str, dict[str, str]]:
     """The keys of the stages fewshot_eval trains its compared models with (its nested pipeline runs, each with
     a variant config), recorded instead of run."""
+    from experiments import incontext
     from experiments.pipeline import StageContext
-    from experiments.stages import fewshot_eval
     from spae.fewshot.methods import parse_compare
 
     recorded = {}
@@ -44,9 +44,9 @@ def nested_training_keys(cfg: dict, monkeypatch) -> dict[str, dict[str, str]]:
         recorded[variant["method"]["name"]] = keys_of(targets, variant)
         return {t: None for t in targets}
 
-    monkeypatch.setattr(fewshot_eval, "run_stages", record)
+    monkeypatch.setattr(incontext, "run_stages", record)
     ctx = StageContext(cfg=cfg, out_dir=Path("unused"), run_dir=Path("unused"))
-    fewshot_eval.train_models(ctx, parse_compare(cfg["bench"]["compare"], list(cfg["bench"]["methods"])))
+    incontext.train_models(ctx, parse_compare(cfg["bench"]["compare"], list(cfg["bench"]["methods"])))
     assert set(recorded) == {"spae", "lqae", "frozen"}
     return recorded
 

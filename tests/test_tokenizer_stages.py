@@ -30,9 +30,9 @@ def stage_inputs(tmp_path, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     Codebook(torch.randn(64, 16, generator=gen), [f"word{i}" for i in range(64)], torch.arange(64),
              "random").save(cb_dir)
-    import experiments.stages.train as train_mod
+    from experiments import clip_relevance
 
-    monkeypatch.setattr(train_mod, "relevance_function", lambda ctx, codebook: fake_relevance(codebook.size))
+    monkeypatch.setattr(clip_relevance, "relevance_function", lambda ctx, codebook: fake_relevance(codebook.size))
     cfg = {
         "model": copy.deepcopy(TINY_MODEL), "method": copy.deepcopy(TINY_METHOD), "seed": 0, "offline": True,
         "trainer": {"accelerator": "cpu", "max_steps": 3, "batch_size": 4, "checkpoint_every_n_steps": 1,
@@ -85,7 +85,8 @@ def test_train_stage_rejects_other_methods(stage_inputs):
 def test_a_binding_time_cap_pauses_training_and_a_rerun_finishes_it(stage_inputs, monkeypatch):
     """A cap that stops training early must not leave a shorter model behind as if it were the configured one."""
     import spae.tokenizer as tok_mod
-    from experiments.stages.train import TrainingPaused, train_stage
+    from experiments.stages.train import train_stage
+    from spae.training import TrainingPaused
     from spae.errors import UserError
 
     cfg, inputs, tmp_path = stage_inputs

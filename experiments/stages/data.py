@@ -137,72 +137,93 @@ def prepare_eval_data(ctx: StageContext) -> dict:
 
 
 def prepare_data(ctx: StageContext, plan: list, stage_name: str, title: str, stand_in: bool) -> dict:
-    from spae.data import drop_unreadable_images, load_split, save_prepared
-    from spae.data.class_ids import pretraining_split
-    from spae.data.imagefolder import class_counts_line
-    from spae.io import read_json, write_json_atomic
-    from spae.data.prepared import prepared_path
-
     cfg = ctx.cfg
     cache_dir = str(Path(cfg["paths"]["cache_dir"]) / "datasets")
     offline = bool(cfg.get("offline", True))
-    metrics: dict[str, dict] = {}
-    saved: dict[str, str] = {}
-    skipped: dict[str, list[str]] = {}
-    per_class: dict[str, dict[str, int]] = {}
-    notes: dict[str, str] = {}
+    found: dict[str, dict] = {"metrics": {}, "saved": {}, "skipped": {}, "per_class": {}, "notes": {}, "dropped": {}}
     if not plan:
         log.info("%s: the data setup names none", title.lower())
     pretraining = any(role == "pretrain" for role, *_ in plan)
     excluded, exclusion = excluded_eval_classes(cfg["data"], offline, cache_dir) if pretraining else ([], {})
-    dropped_by_set: dict[str, dict] = {}
     for role, name, spec, split, limit in plan:
-        key = f"{role}/{name}"
-        target = prepared_path(ctx.out_dir, role, name)
         start = time.perf_counter()
-        skipped_file = target.parent / f"{name}.skipped.json"
-        excluded_file = target.parent / f"{name}.excluded.json"  # pretraining sets: evaluation classes dropped
-        if (target / "state.json").exists():  # resuming an interrupted stage
-            from spae.data import load_prepared
-            ds = load_prepared(ctx.out_dir, role, name)
-            reasons = read_json(skipped_file) if skipped_file.exists() else []
-        else:
-            if role == "pretrain":
-                ds, dropped = pretraining_split({**spec, "cache_dir": cache_dir}, offline=offline, limit=limit,
-                                                seed=int(cfg.get("seed", 0)), excluded=excluded)
-                write_json_atomic(excluded_file, {**exclusion, "excluded_class_ids": len(excluded), **dropped})
-            else:
-                ds = load_split({**spec, "cache_dir": cache_dir}, split, offline=offline, limit=limit,
-                                seed=int(cfg.get("seed", 0)))
-            ds, reasons = drop_unreadable_images(ds)
-            write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
-            save_prepared(ds, ctx.out_dir, role, name)
-        sources = sorted({s for s in ds.unique("caption_source") if s})
-        metrics[key] = {**describe(ds), "caption_source": ",".join(sources) or "none"}
-        if reasons:
-            log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
-            metrics[key]["skipped_images"] = len(reasons)
-            skipped[key] = reasons[:20]
-        if role == "pretrain" and excluded_file.exists():
-            report = read_json(excluded_file)
-            dropped_by_set[name] = {k: report[k] for k in ("class_ids", "rows_dropped", "classes_dropped")}
-            if report["rows_dropped"]:
-                metrics[key]["eval_class_rows_dropped"] = report["rows_dropped"]
-        saved[key] = str(Path(role) / name)
-        log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
-        per_class[key] = class_counts(ds)
-        if per_class[key]:
-            log.info("data %s images per class: %s", key, class_counts_line(per_class[key]))
-        if ds.info.description:  # how the adapter read the source (e.g. an image folder's layout)
-            notes[key] = ds.info.description
-    numbers = {k: {m: v for m, v in r.items() if m != "caption_source"} for k, r in metrics.items()}
+        ds, reasons = load_or_resume(ctx, role, name, {**spec, "cache_dir": cache_dir}, split, limit,
+                                     (excluded, exclusion))
+        record_prepared(found, ctx.out_dir, role, name, ds, reasons, start)
+    numbers = {k: {m: v for m, v in r.items() if m != "caption_source"} for k, r in found["metrics"].items()}
     if ctx.logger is not None:
         ctx.logger.log_metrics({stage_name: numbers})
-    for key, counts in per_class.items():  # in results.json, not among the logged scalars
+    for key, counts in found["per_class"].items():  # in results.json, not among the logged scalars
         numbers[key]["images_per_class"] = counts
-    summary = {"metrics": numbers, "markdown": markdown_table(metrics, stand_in, title, notes, cfg["data"]),
-               "datasets": saved, "stand_in": stand_in, "skipped_images": skipped, "notes": notes}
+    summary = {"metrics": numbers,
+               "markdown": markdown_table(found["metrics"], stand_in, title, found["notes"], cfg["data"]),
+               "datasets": found["saved"], "stand_in": stand_in, "skipped_images": found["skipped"],
+               "notes": found["notes"]}
     if pretraining:
         summary["eval_class_exclusion"] = {**exclusion, "excluded_class_ids": len(excluded),
-                                           "pretraining": dropped_by_set}
+                                           "pretraining": found["dropped"]}
     return summary
+
+
+def load_or_resume(ctx: StageContext, role: str, name: str, spec: dict, split: str, limit: int | None,
+                   exclusion: tuple[list[str], dict]) -> tuple:
+    """(the dataset, why images were dropped): the set prepared by an interrupted run of the stage when it is
+    there, else loaded (pretraining sets without the excluded evaluation classes), decoded images checked, saved."""
+    from spae.data import drop_unreadable_images, load_prepared, load_split, save_prepared
+    from spae.data.class_ids import pretraining_split
+    from spae.data.prepared import prepared_path
+    from spae.io import read_json, write_json_atomic
+
+    target = prepared_path(ctx.out_dir, role, name)
+    skipped_file = target.parent / f"{name}.skipped.json"
+    if (target / "state.json").exists():  # resuming an interrupted stage
+        ds = load_prepared(ctx.out_dir, role, name)
+        return ds, read_json(skipped_file) if skipped_file.exists() else []
+    offline, seed = bool(ctx.cfg.get("offline", True)), int(ctx.cfg.get("seed", 0))
+    if role == "pretrain":
+        excluded, record = exclusion
+        ds, dropped = pretraining_split(spec, offline=offline, limit=limit, seed=seed, excluded=excluded)
+        write_json_atomic(excluded_record(ctx.out_dir, role, name),
+                          {**record, "excluded_class_ids": len(excluded), **dropped})
+    else:
+        ds = load_split(spec, split, offline=offline, limit=limit, seed=seed)
+    ds, reasons = drop_unreadable_images(ds)
+    write_json_atomic(skipped_file, reasons)  # before the dataset: its presence marks completion
+    save_prepared(ds, ctx.out_dir, role, name)
+    return ds, reasons
+
+
+def record_prepared(found: dict[str, dict], out_dir: Path, role: str, name: str, ds, reasons: list,
+                    start: float) -> None:
+    """Add one prepared set to `found`: its description and metrics, skipped images, evaluation classes dropped
+    (pretraining sets), folder, images per class, and how the adapter read it."""
+    from spae.data.imagefolder import class_counts_line
+    from spae.io import read_json
+
+    key = f"{role}/{name}"
+    sources = sorted({s for s in ds.unique("caption_source") if s})
+    metrics = found["metrics"][key] = {**describe(ds), "caption_source": ",".join(sources) or "none"}
+    if reasons:
+        log.warning("data %s: skipped %d unreadable image(s), e.g. %s", key, len(reasons), reasons[0])
+        metrics["skipped_images"] = len(reasons)
+        found["skipped"][key] = reasons[:20]
+    excluded_file = excluded_record(out_dir, role, name)
+    if role == "pretrain" and excluded_file.exists():
+        report = read_json(excluded_file)
+        found["dropped"][name] = {k: report[k] for k in ("class_ids", "rows_dropped", "classes_dropped")}
+        if report["rows_dropped"]:
+            metrics["eval_class_rows_dropped"] = report["rows_dropped"]
+    found["saved"][key] = str(Path(role) / name)
+    log.info("data %-28s %6d rows (%.1fs)", key, len(ds), time.perf_counter() - start)
+    found["per_class"][key] = class_counts(ds)
+    if found["per_class"][key]:
+        log.info("data %s images per class: %s", key, class_counts_line(found["per_class"][key]))
+    if ds.info.description:  # how the adapter read the source (e.g. an image folder's layout)
+        found["notes"][key] = ds.info.description
+
+
+def excluded_record(out_dir: Path, role: str, name: str) -> Path:
+    """Where a pretraining set's record of the evaluation classes dropped from it lives (fairness reads it)."""
+    from spae.data.prepared import prepared_path
+
+    return prepared_path(out_dir, role, name).parent / f"{name}.excluded.json"

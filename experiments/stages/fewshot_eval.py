@@ -23,19 +23,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from experiments.pipeline import StageContext, StageResult, run_stages, stage
+from experiments import incontext
+from experiments.pipeline import StageContext, StageResult, stage
 from spae.hashing import stable_hash
 from spae.errors import InvalidInputError
 from spae.io import safe_name, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-MODEL_STAGES = {"tokenizer": "train", "prefix": "frozen_train"}  # method kind -> the stage that trains it
-
 
 # ------------------------------------------------------------------------------------------ config
 def cells_from_config(bench: dict) -> list:
-    from benchmarks.fewshot import Cell
+    from spae.fewshot.table import Cell
 
     cells = []
     for entry in bench.get("cells") or []:
@@ -96,86 +95,7 @@ def classification_source(cfg: dict) -> str:
     return f"data.classification ({spec.get('name', '?')}{where})"
 
 
-# ------------------------------------------------------------------------------------------ models
-def train_models(ctx: StageContext, methods: list) -> dict[str, StageResult]:
-    """Train (or reuse from the stage cache) the model of every compared method, by a nested pipeline run."""
-    cfg = ctx.cfg
-    out: dict[str, StageResult] = {}
-    for model in sorted({m.model for m in methods if m.model is not None}):
-        spec = cfg["bench"]["methods"][model]
-        target = MODEL_STAGES.get(spec.get("kind"))
-        if target is None:
-            raise ValueError(f"bench.methods.{model} has kind {spec.get('kind')!r}; the few-shot bench knows "
-                             f"{', '.join(MODEL_STAGES)}")
-        variant = {**cfg, "method": spec}
-        log.info("fewshot_eval: model of %s from stage %s (reused if cached, else trained now)", model, target)
-        results = run_stages([target], variant, Path(cfg["paths"]["cache_dir"]), ctx.run_dir, logger=ctx.logger,
-                             force=tuple(cfg.get("force") or ()))
-        out[model] = results[target]
-    return out
-
-
-def build_renderers(ctx: StageContext, methods: list, trained: dict[str, StageResult]) -> dict[str, tuple]:
-    """{slug: (renderer, image size)} for every compared method."""
-    from spae.fewshot.methods import clip_topk_renderer, prefix_renderer, tokenizer_renderer
-
-    cfg = ctx.cfg
-    renderers: dict[str, tuple] = {}
-    codebook = scorer = None
-    for m in methods:
-        if m.kind in ("tokenizer", "clip") and codebook is None:
-            from spae.codebook import Codebook
-
-            codebook = Codebook.load(ctx.input_dir("codebook"))
-        if m.kind == "tokenizer":
-            from spae.tokenizer import load_tokenizer
-
-            tok = load_tokenizer(trained[m.model].dir, codebook)
-            if m.layers is not None and m.layers > tok.pyramid.num_layers:
-                raise ValueError(f"bench.compare asks {m.method} for layers 1-{m.layers}, but its pyramid has "
-                                 f"{tok.pyramid.num_layers} layer(s); lower `layers` or drop it")
-            renderers[m.slug] = (tokenizer_renderer(tok, m.layers), tok.spec.image_size)
-        elif m.kind == "prefix":
-            from spae.frozen_baseline import load_frozen_encoder
-
-            encoder = load_frozen_encoder(trained[m.model].dir)
-            renderers[m.slug] = (prefix_renderer(encoder), encoder.image_size)
-        else:
-            if scorer is None:
-                from spae.clip.scorer import RelevanceScorer
-
-                # same templates and cache folder as the train stage's semantic loss: text embeddings reused
-                scorer = RelevanceScorer.from_stage(ctx.input_dir("clip"), codebook.words,
-                                                    templates=list(cfg["clip"].get("templates") or ["{word}"]),
-                                                    cache_dir=Path(cfg["paths"]["cache_dir"]))
-            renderers[m.slug] = (clip_topk_renderer(scorer, m.k), scorer.clip.image_size)
-    return renderers
-
-
-def render_all(renderers: dict[str, tuple], images: list, indices: list[int], batch_size: int) -> dict[str, dict]:
-    """{slug: {image index: rendering}}: each method renders the episodes' images once."""
-    from spae.fewshot.methods import render_images
-
-    out = {}
-    for slug, (renderer, size) in renderers.items():
-        start = time.perf_counter()
-        rendered = render_images(renderer, images, size, batch_size, desc=f"render {slug}")
-        out[slug] = dict(zip(indices, rendered))
-        log.info("fewshot_eval: rendered %d images for %s in %.1fs", len(indices), slug, time.perf_counter() - start)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ evaluation
-def build_llm(cfg: dict):
-    """The LLM backend of cfg["llm"], loaded once; bench.llm_batch_size overrides its batch size."""
-    from spae.llm.backends import build_backend
-
-    spec = dict(cfg["llm"])
-    if cfg["bench"].get("llm_batch_size") is not None:
-        spec["batch_size"] = int(cfg["bench"]["llm_batch_size"])
-    return build_backend(spec, cache_dir=Path(cfg["paths"]["cache_dir"]))
-
-
 def record_dirs(ctx: StageContext, methods: list, trained: dict[str, StageResult]) -> dict[str, Path]:
     """{slug: folder of that method's episode records}, shared by every run and bench that would produce the
     same answers: keyed by what determines an answer besides the episode, template and scoring (which each
@@ -439,7 +359,7 @@ def label_set_markdown(metrics: dict) -> str:
 def choice_markdown(choice: dict[str, dict[str, dict]]) -> list[str]:
     """The constrained-choice tables, labelled as not the paper's protocol, without the paper's rows; methods
     whose backend cannot score log-likelihoods are named with the reason."""
-    from benchmarks.fewshot import table1_markdown
+    from spae.fewshot.table import table1_markdown
     from spae.fewshot.scoring import CHOICE_LABEL
 
     shown = {m: cells for m, cells in choice.items() if not any("unavailable" in v for v in cells.values())}
@@ -458,7 +378,7 @@ def choice_markdown(choice: dict[str, dict[str, dict]]) -> list[str]:
 def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fairness: dict, timing: dict,
                     template_name: str, scoring: str, n_episodes: int, llm: dict, metrics: dict | None = None
                     ) -> str:
-    from benchmarks.fewshot import table1_markdown
+    from spae.fewshot.table import table1_markdown
     from spae.fewshot.scoring import SCORINGS
     from spae.results import provenance
 
@@ -500,49 +420,27 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 @stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=6,
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
-    from spae.data import load_prepared
-    from spae.fewshot.methods import as_record, parse_compare
+    from spae.fewshot.methods import parse_compare
     from spae.fewshot.scoring import check_scoring
-    from spae.io import write_json_atomic
 
     cfg, bench = ctx.cfg, ctx.cfg["bench"]
     methods = parse_compare(bench.get("compare"), list((bench.get("methods") or {}).keys()))
-    if any(m.kind == "prefix" for m in methods) and cfg["llm"].get("backend") != "hf_local":
-        raise ValueError(f"Frozen feeds prefix embeddings to the LLM, which needs llm backend hf_local; llm="
-                         f"{cfg['llm'].get('name')!r} uses {cfg['llm'].get('backend')!r}. Drop frozen from "
-                         "bench.compare or choose a local LLM (llm=gemma3_270m, llm=hf).")
+    incontext.check_prefix_backend(cfg, methods)
     cells, template = cells_from_config(bench), prompt_template(bench)
     scoring = check_scoring(str(bench.get("scoring", "exact")))
     seed = int(bench["episode_seed"] if bench.get("episode_seed") is not None else cfg.get("seed", 0))
     n_episodes = int(bench.get("episodes", 100))
     timing: dict[str, Any] = {}
 
-    ds = load_prepared(ctx.input_dir("eval_data"), "classification")
-    label_names = list(ds["label_name"])
-    source = classification_source(cfg)
-    if not any(label_names):
-        raise InvalidInputError(f"{source} has no class names (no labels); the few-shot bench needs named classes:"
-                                " for an image folder, one sub-folder per class (e.g. cat/1.jpg, dog/2.jpg)")
-    episodes = plan_episodes(label_names, cells, n_episodes, seed, source)
-    indices = used_images(episodes)
-    images = ds.select(indices)["image"]
+    label_names, episodes, indices, images = episode_images(ctx, cells, n_episodes, seed)
     log.info("fewshot_eval: %d cells x %d episodes, %d distinct images, %d methods", len(cells), n_episodes,
              len(indices), len(methods))
 
-    start = time.perf_counter()
-    trained = train_models(ctx, methods)
-    timing["models_seconds"] = round(time.perf_counter() - start, 2)
+    trained, renderings = incontext.train_and_render(ctx, methods, images, indices, timing)
+    save_renderings(ctx.out_dir / "renderings", renderings, label_names)
 
     start = time.perf_counter()
-    renderers = build_renderers(ctx, methods, trained)
-    renderings = render_all(renderers, images, indices, int(bench.get("render_batch_size", 64)))
-    timing["render_seconds"] = round(time.perf_counter() - start, 2)
-    for slug, rendered in renderings.items():
-        write_json_atomic(ctx.out_dir / "renderings" / f"{slug}.json",
-                          {str(i): {"label": label_names[i], "rendering": as_record(r)} for i, r in rendered.items()})
-
-    start = time.perf_counter()
-    backend = build_llm(cfg)
+    backend = incontext.build_llm(cfg)
     timing["llm_load_seconds"] = round(time.perf_counter() - start, 2)
     choice = bool(bench.get("choice_metric", True))
     evaluated = evaluate_methods(backend, renderings, episodes, template, scoring, record_dirs(ctx, methods, trained),
@@ -556,21 +454,53 @@ def fewshot_eval(ctx: StageContext) -> dict:
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
-    if ctx.logger is not None:
-        rows = [[slug, methods_info[slug]["label"], key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"],
-                 v["answer_is_a_class"], (v.get("constrained_choice") or {}).get("accuracy")]
-                for slug, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
-        ctx.logger.log_table("fewshot/accuracy", ["method", "label", "cell", "accuracy (exact match, paper's protocol)",
-                                                  "ci95_low", "ci95_high", "episodes", "answer_is_a_class",
-                                                  "constrained-choice accuracy (not the paper's protocol)"],
-                             rows)
-        ctx.logger.log_metrics({"fewshot": _numbers_only(metrics)})
+    log_accuracy(ctx.logger, metrics, methods_info)
     return {"metrics": metrics, "metric_labels": metric_labels(scoring, choice), "markdown": markdown,
             "fairness": fairness, "methods": methods_info,
             "training": fairness["training"],  # results.json lists it (experiments.run)
             "timing": {**timing, "per_method": per_method_timing}, "prompt": template.name, "scoring": scoring,
             "episodes_per_cell": n_episodes, "episode_seed": seed, "cells": [c.key for c in cells],
             "llm": backend.describe(), "records": copied}
+
+
+def episode_images(ctx: StageContext, cells: list, n_episodes: int, seed: int) -> tuple[list[str], dict, list, list]:
+    """(class name of every evaluation row, {cell key: episodes}, sorted indices of the images they show,
+    those images) from the evaluation split (data.classification)."""
+    from spae.data import load_prepared
+
+    ds = load_prepared(ctx.input_dir("eval_data"), "classification")
+    label_names = list(ds["label_name"])
+    source = classification_source(ctx.cfg)
+    if not any(label_names):
+        raise InvalidInputError(f"{source} has no class names (no labels); the few-shot bench needs named classes:"
+                                " for an image folder, one sub-folder per class (e.g. cat/1.jpg, dog/2.jpg)")
+    episodes = plan_episodes(label_names, cells, n_episodes, seed, source)
+    indices = used_images(episodes)
+    return label_names, episodes, indices, ds.select(indices)["image"]
+
+
+def save_renderings(out_dir: Path, renderings: dict[str, dict], label_names: list[str]) -> None:
+    """<out_dir>/<slug>.json: every rendered image's class and rendering, for inspection."""
+    from spae.fewshot.methods import as_record
+    from spae.io import write_json_atomic
+
+    for slug, rendered in renderings.items():
+        write_json_atomic(out_dir / f"{slug}.json",
+                          {str(i): {"label": label_names[i], "rendering": as_record(r)} for i, r in rendered.items()})
+
+
+def log_accuracy(logger, metrics: dict, methods_info: dict) -> None:
+    """Per (method, cell) accuracies as a table and the numeric metrics, to the run's logger (if any)."""
+    if logger is None:
+        return
+    rows = [[slug, methods_info[slug]["label"], key, v["accuracy"], v["ci95_low"], v["ci95_high"], v["episodes"],
+             v["answer_is_a_class"], (v.get("constrained_choice") or {}).get("accuracy")]
+            for slug, cells_ in metrics.items() for key, v in cells_.items() if key != "average"]
+    logger.log_table("fewshot/accuracy", ["method", "label", "cell", "accuracy (exact match, paper's protocol)",
+                                          "ci95_low", "ci95_high", "episodes", "answer_is_a_class",
+                                          "constrained-choice accuracy (not the paper's protocol)"],
+                     rows)
+    logger.log_metrics({"fewshot": _numbers_only(metrics)})
 
 
 def metric_labels(scoring: str, choice: bool) -> dict:

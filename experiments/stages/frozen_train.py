@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from experiments.pipeline import StageContext, stage
-from experiments.stages.train import check_world_size, stop_if_paused
 from spae.errors import InvalidConfigError
 from spae.tracking.runs import training_run
-from spae.training import build_trainer, effective_batch, images_seen, lightning_extras, steps_for_images
+from spae.training import (build_trainer, check_world_size, effective_batch, images_seen, lightning_extras,
+                           steps_for_images, stop_if_paused)
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,9 @@ def markdown(summary: dict, samples: list[list]) -> str:
        config_keys=("method", "llm", "trainer.precision", "data.pretrain", "data.max_pretrain_images", "seed"))
 def frozen_train(ctx: StageContext) -> dict:
     import pytorch_lightning as pl
-    import torch
 
-    from spae.data import load_prepared
-    from spae.frozen_baseline import (CONFIG_FILE, WEIGHTS_FILE, CaptionDataModule, FrozenCaptioner,
-                                      FrozenVisionEncoder, save_frozen_encoder, typical_embedding_norm)
-    from spae.io import read_json, write_json_atomic
+    from spae.frozen_baseline import CONFIG_FILE, WEIGHTS_FILE, save_frozen_encoder
+    from spae.io import read_json
     from spae.llm.loading import load_llm
 
     cfg, out = ctx.cfg, ctx.out_dir
@@ -178,79 +175,33 @@ def frozen_train(ctx: StageContext) -> dict:
     seed = int(cfg.get("seed", 0))
     pl.seed_everything(seed, workers=True)
     loaded = load_llm(cfg["llm"], cfg["paths"]["cache_dir"])
-    hidden = loaded.model.get_input_embeddings().weight.shape[1]
-    encoder = FrozenVisionEncoder(int(method["n_prefix"]), hidden, method["backbone"], int(method["image_size"]),
-                                  embed_norm=typical_embedding_norm(loaded.model),
-                                  pretrained=bool(method.get("pretrained_backbone", True)),
-                                  backbone_kwargs=({"freeze_batchnorm": bool(method["freeze_batchnorm"])}
-                                                   if method["backbone"] == "efficientnet_lite0" else None))
-    module = FrozenCaptioner(encoder, loaded.model, loaded.tokenizer, method.get("caption_prompt") or "",
-                             lr=method["lr"], backbone_lr=method["backbone_lr"],
-                             weight_decay=method["weight_decay"], max_caption_tokens=method["max_caption_tokens"],
-                             append_eos=method["append_eos"])
-    names = sorted((cfg["data"].get("pretrain") or {}).keys())
-    if not names:
-        raise ValueError("data.pretrain names no dataset of image-caption pairs to train Frozen on")
-    dm = CaptionDataModule([load_prepared(ctx.input_dir("pretrain_data"), "pretrain", n) for n in names],
-                           int(method["image_size"]), int(method["batch_size"]), seed, total_batches=budget["steps"],
-                           num_workers=int(cfg["trainer"].get("num_workers", 0)))
+    encoder, module = build_captioner(method, loaded)
+    dm, names = caption_datamodule(ctx, method, budget["steps"], seed)
     rows = heldout_rows(ctx.input_dir("eval_data"), cfg["data"], int(method["heldout_images"]), seed)
 
     last = out / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
-    if (out / BEFORE_FILE).is_file():  # measured before the interrupted run's first step
-        before = read_json(out / BEFORE_FILE)
-    else:
-        before = heldout_loss(module, rows, int(method["image_size"]))
-        write_json_atomic(out / BEFORE_FILE, before)
+    before = heldout_before(out / BEFORE_FILE, module, rows, int(method["image_size"]))
     run = training_run(ctx.logger, "frozen_train", "frozen", out, cfg)  # its own W&B run
     trainer = build_trainer(cfg["trainer"], out, run.lightning_logger(out), max_steps=budget["steps"],
                             max_time_s=method.get("max_time_s"),
                             checkpoint_every=int(method["checkpoint_every_n_steps"]))
     check_world_size(trainer, cfg["trainer"])
     log.info("frozen_train: %s prefix x %d for %s, %d pretraining pairs, %d steps x %d = %d images seen (%g x the "
-             "tokenizers'), resume=%s", method["n_prefix"], hidden, loaded.name, len(dm.dataset), budget["steps"],
-             budget["effective_batch"], budget["images_seen"], budget["images_seen_ratio"], resumed)
+             "tokenizers'), resume=%s", method["n_prefix"], embed_dim(loaded), loaded.name, len(dm.dataset),
+             budget["steps"], budget["effective_batch"], budget["images_seen"], budget["images_seen_ratio"], resumed)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None, weights_only=True)
-    seconds = time.perf_counter() - start
-    steps = int(trainer.global_step)
-    stop_if_paused(steps, budget["steps"], method.get("max_time_s"), "method.max_time_s", out)
+    fit = {"steps": int(trainer.global_step), "seconds": time.perf_counter() - start, "resumed": resumed,
+           "world_size": trainer.world_size, "pretrain_images": len(dm.dataset), "pretrain_datasets": names}
+    stop_if_paused(fit["steps"], budget["steps"], method.get("max_time_s"), "method.max_time_s", out)
 
     module.to(loaded.model.device)  # the check runs where the LLM is (Lightning returns the module to the CPU)
-    after = heldout_loss(module, rows, int(method["image_size"]))
+    check = {"before": before, "after": heldout_loss(module, rows, int(method["image_size"]))}
     check_start = time.perf_counter()
-    fractions, samples = zero_shot_captions(encoder, loaded, rows, method)
-    summary = {
-        "method": "frozen",
-        "llm": loaded.name,
-        "n_prefix": int(method["n_prefix"]),
-        "embed_dim": hidden,
-        "backbone": method["backbone"],
-        "steps": steps,
-        "max_steps": budget["steps"],
-        "stopped_by_time": steps < budget["steps"],
-        "batch_size": int(method["batch_size"]),  # per process
-        "world_size": trainer.world_size,
-        **{k: budget[k] for k in ("effective_batch", "images_seen_ratio", "reference_images")},
-        "images_seen": images_seen(steps, budget["effective_batch"]),  # repeats counted
-        "pretrain_images": len(dm.dataset),
-        "pretrain_datasets": names,
-        "heldout_images": len(rows),
-        "resumed": resumed,
-        "fit_seconds": round(seconds, 2),
-        "seconds_per_step": round(seconds / max(1, steps), 3),
-        "check_seconds": round(time.perf_counter() - check_start, 2),
-        "torch_threads": torch.get_num_threads(),
-        "metrics": {
-            "heldout_loss_before": before,
-            "heldout_loss_after": after,
-            # zero-shot: greedy caption from the prefix alone names the class (or shape+colour)
-            "heldout_caption_names_class": fractions,
-        },
-        "samples": [dict(zip(("set", "reference", "target", "generated", "right"), s)) for s in samples[:12]],
-    }
-    summary["markdown"] = markdown(summary, samples)
+    check["fractions"], samples = zero_shot_captions(encoder, loaded, rows, method)
+    check["seconds"] = time.perf_counter() - check_start
+    summary = frozen_summary(method, loaded, budget, fit, check, len(rows), samples)
     save_frozen_encoder(encoder, out, extra={"llm": loaded.name, "summary": summary})
     if ctx.logger is not None:
         ctx.logger.log_metrics({"frozen_train": summary["metrics"]})
@@ -258,4 +209,89 @@ def frozen_train(ctx: StageContext) -> dict:
                              samples)
     run.log_checkpoint([out / WEIGHTS_FILE, out / CONFIG_FILE], summary)
     run.finish(summary)
+    return summary
+
+
+def embed_dim(loaded) -> int:
+    """Width of the LLM's input embeddings: what each prefix embedding must have."""
+    return loaded.model.get_input_embeddings().weight.shape[1]
+
+
+def build_captioner(method: dict, loaded) -> tuple:
+    """(the vision encoder, the Lightning module that trains it to caption through the frozen LLM)."""
+    from spae.frozen_baseline import FrozenCaptioner, FrozenVisionEncoder, typical_embedding_norm
+
+    encoder = FrozenVisionEncoder(int(method["n_prefix"]), embed_dim(loaded), method["backbone"],
+                                  int(method["image_size"]), embed_norm=typical_embedding_norm(loaded.model),
+                                  pretrained=bool(method.get("pretrained_backbone", True)),
+                                  backbone_kwargs=({"freeze_batchnorm": bool(method["freeze_batchnorm"])}
+                                                   if method["backbone"] == "efficientnet_lite0" else None))
+    module = FrozenCaptioner(encoder, loaded.model, loaded.tokenizer, method.get("caption_prompt") or "",
+                             lr=method["lr"], backbone_lr=method["backbone_lr"],
+                             weight_decay=method["weight_decay"], max_caption_tokens=method["max_caption_tokens"],
+                             append_eos=method["append_eos"])
+    return encoder, module
+
+
+def caption_datamodule(ctx: StageContext, method: dict, steps: int, seed: int) -> tuple:
+    """(the data module streaming data.pretrain's image-caption pairs for `steps` batches, the sets' names)."""
+    from spae.data import load_prepared
+    from spae.frozen_baseline import CaptionDataModule
+
+    names = sorted((ctx.cfg["data"].get("pretrain") or {}).keys())
+    if not names:
+        raise ValueError("data.pretrain names no dataset of image-caption pairs to train Frozen on")
+    dm = CaptionDataModule([load_prepared(ctx.input_dir("pretrain_data"), "pretrain", n) for n in names],
+                           int(method["image_size"]), int(method["batch_size"]), seed, total_batches=steps,
+                           num_workers=int(ctx.cfg["trainer"].get("num_workers", 0)))
+    return dm, names
+
+
+def heldout_before(path: Path, module, rows: list[dict], image_size: int) -> dict:
+    """The held-out caption loss before training: measured once and saved to `path`, so a resumed run reports
+    the loss before the interrupted run's first step."""
+    from spae.io import read_json, write_json_atomic
+
+    if path.is_file():
+        return read_json(path)
+    before = heldout_loss(module, rows, image_size)
+    write_json_atomic(path, before)
+    return before
+
+
+def frozen_summary(method: dict, loaded, budget: dict, fit: dict, check: dict, heldout_images: int,
+                   samples: list[list]) -> dict:
+    """The frozen_train stage's summary: the encoder, its training budget and run, the held-out check."""
+    import torch
+
+    summary = {
+        "method": "frozen",
+        "llm": loaded.name,
+        "n_prefix": int(method["n_prefix"]),
+        "embed_dim": embed_dim(loaded),
+        "backbone": method["backbone"],
+        "steps": fit["steps"],
+        "max_steps": budget["steps"],
+        "stopped_by_time": fit["steps"] < budget["steps"],
+        "batch_size": int(method["batch_size"]),  # per process
+        "world_size": fit["world_size"],
+        **{k: budget[k] for k in ("effective_batch", "images_seen_ratio", "reference_images")},
+        "images_seen": images_seen(fit["steps"], budget["effective_batch"]),  # repeats counted
+        "pretrain_images": fit["pretrain_images"],
+        "pretrain_datasets": fit["pretrain_datasets"],
+        "heldout_images": heldout_images,
+        "resumed": fit["resumed"],
+        "fit_seconds": round(fit["seconds"], 2),
+        "seconds_per_step": round(fit["seconds"] / max(1, fit["steps"]), 3),
+        "check_seconds": round(check["seconds"], 2),
+        "torch_threads": torch.get_num_threads(),
+        "metrics": {
+            "heldout_loss_before": check["before"],
+            "heldout_loss_after": check["after"],
+            # zero-shot: greedy caption from the prefix alone names the class (or shape+colour)
+            "heldout_caption_names_class": check["fractions"],
+        },
+        "samples": [dict(zip(("set", "reference", "target", "generated", "right"), s)) for s in samples[:12]],
+    }
+    summary["markdown"] = markdown(summary, samples)
     return summary

@@ -23,6 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
+from experiments import incontext
 from experiments.pipeline import StageContext, run_stages, stage
 
 log = logging.getLogger(__name__)
@@ -396,7 +397,6 @@ def markdown(results: dict, fid_label: str, llm: dict, cfg: dict) -> str:
 def generation_eval(ctx: StageContext) -> dict:
     import torch
 
-    from experiments.stages.fewshot_eval import build_llm
     from spae.clip.loading import load_clip_from_stage
     from spae.data import class_names as names_of
     from spae.data import load_prepared
@@ -419,7 +419,7 @@ def generation_eval(ctx: StageContext) -> dict:
         raise ValueError("class-conditional generation needs named classes (data.generation has no label names)")
     clip = load_clip_from_stage(ctx.input_dir("clip"), cache_dir=cfg["paths"]["cache_dir"])
     start = time.perf_counter()
-    backend = build_llm(cfg)
+    backend = incontext.build_llm(cfg)
     timing = {"llm_load_seconds": round(time.perf_counter() - start, 2)}
     results, fid_label = {}, ""
     for entry in entries:

@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from experiments import clip_relevance
 from experiments.pipeline import StageContext, stage
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,6 @@ def markdown(method: str, describe: dict, results: dict, examples: dict, percept
 def recon_eval_stage(ctx: StageContext) -> dict:
     import torch
 
-    from experiments.stages.train import relevance_function
     from spae.codebook import Codebook
     from spae.data import load_prepared
     from spae.tokenizer import load_tokenizer
@@ -163,7 +163,7 @@ def recon_eval_stage(ctx: StageContext) -> dict:
     opts = (cfg.get("bench") or {}).get("recon") or {}
     codebook = Codebook.load(ctx.input_dir("codebook"))
     tokenizer = load_tokenizer(ctx.input_dir("train"), codebook)
-    relevance_fn = relevance_function(ctx, codebook)
+    relevance_fn = clip_relevance.relevance_function(ctx, codebook)
     describe = tokenizer.describe()
     results, examples, grids, labels = {}, {}, {}, {}
     torch.manual_seed(int(cfg.get("seed", 0)))

@@ -6,15 +6,15 @@ Items: questions of the evaluation split (data.vqa), each keeping all its refere
 newline) is scored (spae.tasks.vqa), overall and per answer type, beside the score of always giving the most
 frequent training answer: with several human answers per question (VQAv2) by the VQAv2 accuracy and its answer
 normalisation, under the key `vqa_accuracy`; with one answer per question (easy-VQA) by normalised exact
-match, under the key `exact_match`. Orchestration shared with caption_eval (prepare_run).
+match, under the key `exact_match`. Orchestration shared with caption_eval (experiments.incontext.prepare_run).
 """
 from __future__ import annotations
 
 import time
 
+from experiments.incontext import (InContextRun, copy_records, data_role, example_rows, methods_info, prepare_run,
+                                  setup_lines, timing_lines)
 from experiments.pipeline import StageContext, stage
-from experiments.stages.caption_eval import (InContextRun, copy_records, data_role, example_rows, methods_info,
-                                             prepare_run, setup_lines, timing_lines)
 
 
 def plan_questions(cfg: dict):

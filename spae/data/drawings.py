@@ -32,6 +32,19 @@ def on_white_square(path, size: int) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
+def add_drawing(rows: dict, skipped: dict, png, size: int, captions: list[str]) -> None:
+    """Append one drawing (on_white_square) and its captions, the first as `caption`, to the columns `rows`; a
+    damaged or oversized file is counted in skipped["unreadable"], not fatal."""
+    try:
+        image = on_white_square(png, size)
+    except (OSError, Image.DecompressionBombError):
+        skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+        return
+    rows["image"].append(image)
+    rows["caption"].append(captions[0])
+    rows["captions"].append(captions)
+
+
 def in_eval_split(relative_name: str, eval_fraction: float) -> bool:
     """Deterministic held-out membership by a hash of the file's relative name (stable across machines and
     file orders; a new file never moves an old one between splits)."""

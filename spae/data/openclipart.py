@@ -21,10 +21,8 @@ from pathlib import Path
 
 import datasets
 
-from PIL import Image
-
 from spae.data.cache import cached_dataset
-from spae.data.drawings import in_eval_split, is_english, is_english_word, on_white_square, wanted, words
+from spae.data.drawings import add_drawing, in_eval_split, is_english, is_english_word, wanted, words
 from spae.data.registry import ADAPTERS
 from spae.data.schema import CAPTION_REAL, FEATURES
 
@@ -162,14 +160,7 @@ def build_rows(png_root: Path, svg_root: Path, split: str, eval_fraction: float,
         if not captions:
             skipped["no_english_caption"] += 1
             continue
-        try:
-            image = on_white_square(png, size)
-        except (OSError, Image.DecompressionBombError):  # a damaged or oversized file: counted, not fatal
-            skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-            continue
-        rows["image"].append(image)
-        rows["caption"].append(captions[0])
-        rows["captions"].append(captions)
+        add_drawing(rows, skipped, png, size, captions)
     return rows, skipped
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from PIL import Image
-
 from spae.data.cache import cached_dataset
-from spae.data.drawings import in_eval_split, on_white_square, wanted
+from spae.data.drawings import add_drawing, in_eval_split, wanted
 from spae.data.openclipart import uniform_rows
 from spae.data.registry import ADAPTERS
 
@@ -52,14 +50,7 @@ def build_rows(root: Path, split: str, eval_fraction: float, size: int) -> tuple
         if not caption:
             skipped["no_description"] += 1
             continue
-        try:
-            image = on_white_square(png, size)
-        except (OSError, Image.DecompressionBombError):  # a damaged or oversized file: counted, not fatal
-            skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-            continue
-        rows["image"].append(image)
-        rows["caption"].append(caption)
-        rows["captions"].append([caption])
+        add_drawing(rows, skipped, png, size, [caption])
     return rows, skipped
 
 

@@ -109,7 +109,7 @@ def evaluate_cells(backend: LLMBackend, labels: Sequence, cells: Sequence, rende
                    scoring: str = "exact", label_names=None, indices: Sequence[int] | None = None,
                    resume: bool = True) -> dict[str, dict]:
     """Evaluate a grid of cells (objects with n_way, shots, repeats, task_induction and key, e.g.
-    benchmarks.fewshot.Cell); one JSONL per cell under out_dir. Returns {cell key: accuracy summary}."""
+    spae.fewshot.table.Cell); one JSONL per cell under out_dir. Returns {cell key: accuracy summary}."""
     summaries = {}
     for cell in cells:
         episodes = sample_episodes(labels, cell.n_way, cell.shots, n_episodes, seed=seed, repeats=cell.repeats,

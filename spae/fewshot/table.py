@@ -1,6 +1,7 @@
-"""SPAE Table 1 (few-shot mini-ImageNet): the evaluation grid and a Markdown table of ours beside the paper's.
+"""SPAE Table 1 (few-shot mini-ImageNet): the evaluation grid, its cells, the paper's numbers and a Markdown table
+of ours beside the paper's.
 
-Pure functions: evaluation itself is spae.fewshot.engine; the stage that runs the grid calls these.
+Pure functions: evaluation itself is spae.fewshot.engine; the few-shot stage and the report call these.
 Per-cell results are dicts from spae.fewshot.scoring.accuracy_summary: accuracy (0..1), ci_low, ci_high, n.
 """
 from __future__ import annotations
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+# The paper's quoted numbers are data, kept beside the benchmarks they belong to (benchmarks/paper_numbers.yaml,
+# shipped as that package's data): read by path, so the library imports no benchmarks code.
+PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_numbers.yaml"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,13 @@ class Cell:
     repeats: int
     task_induction: bool
     episodes: int | None = field(default=None, compare=False)  # per-cell count (None: the bench's); not in key
+
+    @classmethod
+    def from_key(cls, key: str) -> "Cell":
+        """The cell a key names (the inverse of `key`); ValueError for a key of another form."""
+        ways, ti, shots, reps = key.split("-")
+        return cls(int(ways.removesuffix("way")), int(shots.removesuffix("shot")), int(reps.removesuffix("rep")),
+                   ti == "ti")
 
     @property
     def key(self) -> str:
