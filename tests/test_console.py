@@ -32,7 +32,10 @@ def _smoke(tmp_path: Path, *extra: str, env: dict | None = None) -> subprocess.C
     from _data_fixtures import tiny_fashion_mnist
 
     fm = tiny_fashion_mnist(tmp_path / "fm")
-    environ = {k: v for k, v in os.environ.items() if k != console.PROGRESS_ENV} | (env or {})
+    # configure_console (run by every in-process execute() of other tests) sets the libraries' bar switches in
+    # os.environ: the subprocess starts from an environment without them, as a fresh shell would
+    dropped = {console.PROGRESS_ENV, *console.BAR_ENV_VARS}
+    environ = {k: v for k, v in os.environ.items() if k not in dropped} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "experiments.run", "+bench=smoke", "~data.pretrain.easy_vqa", "~data.vqa",
          "~data.pretrain.openclipart", "~data.pretrain.tuxpaint",
