@@ -38,7 +38,7 @@ def prepare_inputs(work: Path) -> None:
     # smooth random images (a few colour blobs): learnable in a dozen steps, unlike pixel noise
     base = rng.random((48, 4, 4, 3))
     images = [Image.fromarray((np.kron(b, np.ones((5, 5, 1))) * 255).astype(np.uint8)) for b in base]
-    save_prepared(from_columns(images), work / "data", "pretrain", "blobs")
+    save_prepared(from_columns(images), work / "pretrain_data", "pretrain", "blobs")
     gen = torch.Generator().manual_seed(0)
     Codebook(torch.randn(64, 16, generator=gen), [f"word{i}" for i in range(64)], torch.arange(64),
              "random").save(work / "codebook")
