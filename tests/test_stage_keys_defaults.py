@@ -7,28 +7,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import compose
-from omegaconf import OmegaConf
+from test_stage_keys_eval_data import keys_of, resolved
 
 import experiments.config_identity as config_identity
 from spae.config import LossConfig, MethodConfig, ModelConfig, TrainerConfig
 
 MAIN = ["+bench=mini_imagenet"]  # `make run`
 TOKENIZERS = ("method", "bench.methods.spae", "bench.methods.lqae")  # where a method YAML key lands
-
-
-def resolved(overrides: list[str]) -> dict:
-    return OmegaConf.to_container(compose(overrides), resolve=True, throw_on_missing=False)
-
-
-def keys_of(targets: list[str], cfg: dict) -> dict[str, str]:
-    import experiments.stages  # noqa: F401  (registers the stages)
-    from experiments.pipeline import STAGES, resolve_order, stage_key
-
-    keys: dict[str, str] = {}
-    for name in resolve_order(targets):
-        keys[name] = stage_key(STAGES.get(name), cfg, keys)
-    return keys
 
 
 def nested_training_keys(cfg: dict, monkeypatch) -> dict[str, dict[str, str]]:
