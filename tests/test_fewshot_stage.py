@@ -310,3 +310,13 @@ def test_closed_world_option_runs_and_is_labelled_closed_world(stage_env, tmp_pa
     assert summary["fairness"]["images_of_eval_classes_trained_on"] > 0  # reported, not failed
     md = next((tmp_path / "runs").rglob("results.md")).read_text()
     assert "CLOSED-WORLD" in md
+
+
+def test_max_episodes_caps_every_cell_including_those_with_their_own_count():
+    from experiments.stages.fewshot_eval import cells_from_config
+
+    bench = {"episodes": 50, "cells": [{"n_way": 2, "shots": 1, "task_induction": True, "episodes": 100},
+                                       {"n_way": 5, "shots": 1, "task_induction": True}]}
+    assert [c.episodes for c in cells_from_config(bench)] == [100, None]  # None: the bench's 50
+    assert [c.episodes for c in cells_from_config({**bench, "max_episodes": 4})] == [4, 4]
+    assert [c.episodes for c in cells_from_config({**bench, "max_episodes": 70})] == [70, 50]

@@ -41,7 +41,7 @@ def test_real_stages_train_once_and_the_bench_reuses_them(tmp_path):
                         "~codebook.source", f"+codebook.source={spec}", "codebook.min_zipf=null",
                         f"data.pretrain.fashion_mnist.path={fm}", f"data.classification.path={fm}",
                         "~data.pretrain.easy_vqa", "~data.pretrain.openclipart", "~data.pretrain.tuxpaint", "~data.vqa", "~data.generation",
-                        "bench.episodes=4", "bench.llm_batch_size=4", *TINY, *METHODS, *extra])
+                        "bench.max_episodes=4", "bench.llm_batch_size=4", *TINY, *METHODS, *extra])
 
     results = json.loads(execute(cfg()).read_text())
     metrics = results["metrics"]["fewshot_eval"]

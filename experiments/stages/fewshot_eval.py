@@ -37,9 +37,11 @@ def cells_from_config(bench: dict) -> list:
     from spae.fewshot.table import Cell
 
     cells = []
+    cap = bench.get("max_episodes")  # a quick run: at most this many episodes in every cell (null = no cap)
     for entry in bench.get("cells") or []:
         try:
-            episodes = entry.get("episodes")
+            episodes = entry.get("episodes", bench.get("episodes")) if cap is not None else entry.get("episodes")
+            episodes = episodes if cap is None or episodes is None else min(int(episodes), int(cap))
             cells.append(Cell(int(entry["n_way"]), int(entry["shots"]), int(entry.get("repeats", 0)),
                               bool(entry["task_induction"]), None if episodes is None else int(episodes)))
         except (KeyError, TypeError) as err:
