@@ -131,17 +131,22 @@ def test_build_backend_from_loaded(lm):
         build_backend({"backend": "nope"})
 
 
-def test_sliding_window_model_identical(lm):
-    """Gemma-3-like sliding-window attention: long rows run alone, short ones batch; answers unchanged."""
+def tiny_sliding_window_model(vocab_size: int):
+    """A Gemma-3-like model (sliding-window and full attention layers), seeded, in eval mode."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    _, tok = lm
     torch.manual_seed(0)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+    cfg = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
                            sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    model = Gemma3ForCausalLM(cfg).eval()
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def test_sliding_window_model_identical(lm):
+    """Gemma-3-like sliding-window attention: long rows run alone, short ones batch; answers unchanged."""
+    _, tok = lm
+    model = tiny_sliding_window_model(len(tok))
     rng = random.Random(0)
     words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
     shared = words(12)
@@ -199,15 +204,8 @@ def test_choice_scores_of_embedding_prompts_equal_full_forward_passes(lm):
 
 
 def test_choice_scores_exact_on_a_sliding_window_model(lm):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
     _, tok = lm
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-                           sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-                           bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    model = Gemma3ForCausalLM(cfg).eval()
+    model = tiny_sliding_window_model(len(tok))
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 20))) for _ in range(5)]
     choices = [[" red ball.", " box."]] * 5

@@ -39,9 +39,14 @@ def imagenet_parquet(folder: Path) -> Path:
     names = [synset_lemmas()[w] + f", synonym {i}" for i, w in enumerate(wnids)]  # unique, like the hub's
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     rows = {"train": [TENCH, TENCH, HOUSE_FINCH, HOUSE_FINCH, ROBIN, TRICERATOPS], "validation": [TENCH]}
+    return write_parquet_splits(folder, rows, wnids, features, shade=10)
+
+
+def write_parquet_splits(folder: Path, rows: dict, wnids: list, features, shade: int) -> Path:
+    """One hub-style parquet file per split; `rows` maps a split to the WordNet id of each of its images."""
     folder.mkdir(parents=True)
     for split, classes in rows.items():
-        ds = datasets.Dataset.from_dict({"image": _images(len(classes), 10),
+        ds = datasets.Dataset.from_dict({"image": _images(len(classes), shade),
                                          "label": [wnids.index(w) for w in classes]}, features=features)
         ds.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
     return folder
@@ -52,12 +57,7 @@ def mini_imagenet_parquet(folder: Path) -> Path:
     wnids = list(timm_synsets("mini_imagenet_synsets.txt"))
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=wnids)})
     rows = {"train": [HOUSE_FINCH, TRICERATOPS], "test": [HOUSE_FINCH, ROBIN, ROBIN, HOUSE_FINCH]}
-    folder.mkdir(parents=True)
-    for split, classes in rows.items():
-        ds = datasets.Dataset.from_dict({"image": _images(len(classes), 200),
-                                         "label": [wnids.index(w) for w in classes]}, features=features)
-        ds.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
-    return folder
+    return write_parquet_splits(folder, rows, wnids, features, shade=200)
 
 
 def imagenet_folder(folder: Path) -> Path:
