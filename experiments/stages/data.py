@@ -171,7 +171,7 @@ def load_or_resume(ctx: StageContext, role: str, name: str, spec: dict, split: s
     there, else loaded (pretraining sets without the excluded evaluation classes), decoded images checked, saved."""
     from spae.data import drop_unreadable_images, load_prepared, load_split, save_prepared
     from spae.data.class_ids import pretraining_split
-    from spae.data.prepared import prepared_path
+    from spae.data.prepared import excluded_record, prepared_path
     from spae.io import read_json, write_json_atomic
 
     target = prepared_path(ctx.out_dir, role, name)
@@ -198,6 +198,7 @@ def record_prepared(found: dict[str, dict], out_dir: Path, role: str, name: str,
     """Add one prepared set to `found`: its description and metrics, skipped images, evaluation classes dropped
     (pretraining sets), folder, images per class, and how the adapter read it."""
     from spae.data.imagefolder import class_counts_line
+    from spae.data.prepared import excluded_record
     from spae.io import read_json
 
     key = f"{role}/{name}"
@@ -221,9 +222,3 @@ def record_prepared(found: dict[str, dict], out_dir: Path, role: str, name: str,
     if ds.info.description:  # how the adapter read the source (e.g. an image folder's layout)
         found["notes"][key] = ds.info.description
 
-
-def excluded_record(out_dir: Path, role: str, name: str) -> Path:
-    """Where a pretraining set's record of the evaluation classes dropped from it lives (fairness reads it)."""
-    from spae.data.prepared import prepared_path
-
-    return prepared_path(out_dir, role, name).parent / f"{name}.excluded.json"

@@ -260,11 +260,12 @@ def training_note(budgets: dict[str, dict]) -> str:
 
 def eval_class_exclusion(data_dir: Path, names: list[str]) -> dict[str, dict]:
     """{pretraining set: what data.exclude_eval_classes did to it} from the data stage's records."""
+    from spae.data.prepared import excluded_record
     from spae.io import read_json
 
     out = {}
     for name in names:
-        path = Path(data_dir) / "pretrain" / f"{name}.excluded.json"
+        path = excluded_record(data_dir, "pretrain", name)
         out[name] = read_json(path) if path.is_file() else {"exclude_eval_classes": None}
     return out
 

@@ -15,6 +15,12 @@ def prepared_path(stage_dir: str | os.PathLike, role: str, name: str) -> Path:
     return Path(stage_dir) / safe_name(role, "data role") / safe_name(name, f"data.{role} name")
 
 
+def excluded_record(stage_dir: str | os.PathLike, role: str, name: str) -> Path:
+    """Where a pretraining set's record of the evaluation classes dropped from it lives (the data stage writes
+    it, the fairness report reads it)."""
+    return prepared_path(stage_dir, role, name).parent / f"{name}.excluded.json"
+
+
 def save_prepared(ds: datasets.Dataset, stage_dir: str | os.PathLike, role: str, name: str) -> Path:
     """save_to_disk into a temporary folder renamed into place: a half-written copy is never read."""
     target = prepared_path(stage_dir, role, name)
