@@ -65,7 +65,7 @@ def build_renderers(ctx: StageContext, methods: list, trained: dict[str, StageRe
             if m.layers is not None and m.layers > tok.pyramid.num_layers:
                 raise ValueError(f"bench.compare asks {m.method} for layers 1-{m.layers}, but its pyramid has "
                                  f"{tok.pyramid.num_layers} layer(s); lower `layers` or drop it")
-            renderers[m.slug] = (tokenizer_renderer(tok, m.layers), tok.spec.image_size)
+            renderers[m.slug] = (tokenizer_renderer(tok, m.layers, m.distinct), tok.spec.image_size)
         elif m.kind == "prefix":
             from spae.frozen_baseline import load_frozen_encoder
 

@@ -100,6 +100,8 @@ def folder_names(cfg: dict) -> dict[str, object]:
     names.update({f"bench.methods.{key} (key)": key for key in bench.get("methods") or {}})
     for i, entry in enumerate(bench.get("compare") or []):
         names[f"bench.compare[{i}].method"] = entry.get("method") if isinstance(entry, dict) else entry
+        if isinstance(entry, dict) and entry.get("model") is not None:  # a variant model names the method's files
+            names[f"bench.compare[{i}].model"] = entry["model"]
     names.update({f"bench.recon.roles[{i}]": r for i, r in enumerate((bench.get("recon") or {}).get("roles") or [])})
     if isinstance(bench.get("prompt"), dict):
         names["bench.prompt.name"] = bench["prompt"].get("name")
@@ -215,12 +217,15 @@ def execute(cfg: DictConfig) -> Path:
                 metrics[name] = results[name].summary.get("metrics", {})
         # pretraining images seen per trained method (the benches that compare methods report it)
         training = {n: results[n].summary["training"] for n in targets if "training" in results[n].summary}
+        # what each compared method's tokens carry without an LLM (fewshot_eval), beside the per-method metrics
+        content = {n: results[n].summary["token_content"] for n in targets if "token_content" in results[n].summary}
         labels = method_labels(results[n].summary for n in targets)
         stage_seconds = {n: round(r.seconds, 3) for n, r in results.items()}
         cached = sorted(n for n, r in results.items() if r.cached)
         payload = build_results(redact(container), config_hash(container), metrics, stage_seconds, code_version,
                                 extra={"run_id": identity, "stages_reused": cached, "invocation": invocation,
                                        **({"training": training} if training else {}),
+                                       **({"token_content": content} if content else {}),
                                        **({"method_labels": labels} if labels else {}),
                                        "wall_seconds": round(time.perf_counter() - start, 3)})
         path = write_results(run_dir, payload, "\n\n".join(markdown) or "(no metrics)")

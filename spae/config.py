@@ -93,6 +93,7 @@ class SemanticConfig(ConfigSection):
     layers: list = field(default_factory=lambda: [1, 2])
     num_negatives: Optional[int] = 512  # None: softmax over the whole codebook
     target: str = "sample"  # sample | all
+    distinct_targets: bool = False  # sample: an image's queries of a layer draw distinct targets when they can
     weight: float = 1.0
     schedule: str = "linear_warmup"  # constant | linear_warmup | cosine_decay
     warmup_steps: int = 50

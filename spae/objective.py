@@ -201,7 +201,7 @@ def build_semantic_loss(method: MethodConfig, codebook: torch.Tensor, num_layers
         return None
     sem = method.semantic
     return SemanticLoss(codebook, list(sem.thresholds)[:num_layers], semantic_temperature(sem, codebook),
-                        sem.layers, sem.num_negatives, sem.target)
+                        sem.layers, sem.num_negatives, sem.target, sem.distinct_targets)
 
 
 def semantic_temperature(sem: SemanticConfig, codebook: torch.Tensor) -> float:

@@ -49,6 +49,9 @@ the certified bf16-shortlist search of ``spae.nn_search``: the same codes as fp3
 near-ties; on a CPU with AVX512-BF16 the search takes 1.4-2.3x less time (benchmarks/perf/search_precision.py,
 train_step.py).
 
+Distinct words (``q(z, distinct=True)``, inference only): the positions of each layer of one image take
+distinct words, greedily in raster order (``_distinct_codes``); the next layer's target follows the chosen codes.
+
 Why the layers are searched one call at a time: SAQ's and RQ's layer ``l`` target depends on the codes of
 layers ``< l``, so their queries cannot be batched into one search (VQ's could, but VQ is only LQAE's
 single-layer baseline).
@@ -159,7 +162,9 @@ class PyramidQuantizer(nn.Module):
         raise NotImplementedError
 
     # --------------------------------------------------------------------------- public API
-    def forward(self, z: torch.Tensor, num_layers: int | None = None) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, num_layers: int | None = None, distinct: bool = False) -> QuantizerOutput:
+        """``distinct``: the positions of each layer of one image take distinct words (``_distinct_codes``);
+        inference only (the encode path of the few-shot remedy), off by default."""
         num_layers = self._check_num_layers(num_layers)
         self._check_latent(z)
         with exact_fp32(z.device.type):
@@ -169,12 +174,15 @@ class PyramidQuantizer(nn.Module):
             for li in range(num_layers):
                 layer_number = li + 1
                 query = self.pyramid.pool(self.target(zf, code_sum, layer_number), li, self.pooling)
-                idx, _ = nearest(query.detach().reshape(-1, self.dim), self.codebook,
-                                 codebook_sq_norms=self.codebook_sq_norms,
-                                 row_chunk=self.row_chunk, code_chunk=self.code_chunk,
-                                 precision=self.search.precision, shortlist=self.search.shortlist,
-                                 codebook_bf16=self.codebook_bf16, stats=stats)
-                idx = idx.view(query.shape[0], query.shape[1])
+                if distinct and query.shape[1] > 1:
+                    idx = self._distinct_codes(query.detach())
+                else:
+                    idx, _ = nearest(query.detach().reshape(-1, self.dim), self.codebook,
+                                     codebook_sq_norms=self.codebook_sq_norms,
+                                     row_chunk=self.row_chunk, code_chunk=self.code_chunk,
+                                     precision=self.search.precision, shortlist=self.search.shortlist,
+                                     codebook_bf16=self.codebook_bf16, stats=stats)
+                    idx = idx.view(query.shape[0], query.shape[1])
                 layer_code = self.pyramid.broadcast(self.codebook[idx], li)
                 code_sum = code_sum + layer_code
                 hard = self.latent(code_sum, layer_code, layer_number)
@@ -202,6 +210,28 @@ class PyramidQuantizer(nn.Module):
         return hard
 
     # --------------------------------------------------------------------------- helpers
+    @torch.no_grad()
+    def _distinct_codes(self, query: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, n]`` for queries ``[B, n, D]`` with no word repeated within an image: greedily, in raster
+        order, each position takes its nearest word not taken by an earlier position of the same image.
+        Position j has at most j taken words among its j+1 nearest, so the exact fp32 top-n always holds a free
+        one. Why: a layer's positions often share their nearest word ("sand sand sand sand"), which tells an
+        LLM nothing more than one "sand"."""
+        B, n, _ = query.shape
+        if n > self.codebook_size:
+            raise InvalidInputError(f"distinct words need a codebook of at least {n} words (the positions of a "
+                                    f"layer), this one has {self.codebook_size}.")
+        ranked, _ = nearest(query.reshape(B * n, self.dim), self.codebook, k=n,
+                            codebook_sq_norms=self.codebook_sq_norms, row_chunk=self.row_chunk,
+                            code_chunk=self.code_chunk, precision="fp32")
+        ranked = ranked.view(B, n, n)  # [image, position, candidate], nearest first
+        chosen = torch.empty(B, n, dtype=torch.long, device=query.device)
+        for j in range(n):
+            taken = (ranked[:, j, :, None] == chosen[:, None, :j]).any(dim=2)  # [B, n candidates]
+            first_free = (~taken).to(torch.int8).argmax(dim=1)  # argmax returns the first maximum
+            chosen[:, j] = ranked[:, j].gather(1, first_free[:, None]).squeeze(1)
+        return chosen
+
     def _commit(self, zf: torch.Tensor, hard: torch.Tensor, li: int) -> torch.Tensor:
         pooled_z = self.pyramid.pool(zf, li, self.pooling)
         pooled_q = self.pyramid.pool(hard, li, self.pooling)

@@ -17,7 +17,10 @@ so a word relevant to the image never acts as a negative for it: its other candi
 pulled towards nor pushed away by target ``t`` (they get their own pull when they are the target). The
 target is
 
-* ``target="sample"``: one candidate per query, drawn with probability proportional to its relevance;
+* ``target="sample"``: one candidate per query, drawn with probability proportional to its relevance
+  (``distinct_targets``: the ``n_l`` queries of one image's layer draw without replacement where the image
+  has at least ``n_l`` candidates of non-zero weight, so they are not pulled to one word; else with
+  replacement);
 * ``target="all"``: every candidate, weighted by its relevance (the exact expectation of "sample").
 
 Cost: with ``num_negatives=None`` the columns ``S`` are the whole codebook. With ``num_negatives=m`` they
@@ -69,6 +72,8 @@ class SemanticLoss(nn.Module):
         layers: 1-based numbers of the layers that get the loss (e.g. ``[1, 2]``), each in ``1..L``.
         num_negatives: uniformly sampled extra words per step, or ``None`` for the full codebook.
         target: ``"sample"`` or ``"all"``.
+        distinct_targets: with ``"sample"``, an image's queries of one layer get distinct targets when it has
+            enough candidates (see the module docstring).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class SemanticLoss(nn.Module):
         layers: Sequence[int],
         num_negatives: int | None = None,
         target: str = "sample",
+        distinct_targets: bool = False,
     ):
         super().__init__()
         self.thresholds = _validated_thresholds(thresholds)
@@ -94,6 +100,9 @@ class SemanticLoss(nn.Module):
         self.temperature = float(temperature)
         self.num_negatives = num_negatives
         self.target = target
+        if not isinstance(distinct_targets, bool):
+            raise InvalidConfigError(f"distinct_targets must be true or false, got {distinct_targets!r}.")
+        self.distinct_targets = distinct_targets
         cb = codebook.detach().float().contiguous()
         self.register_buffer("codebook", cb, persistent=False)  # frozen; rebuilt from the codebook stage
         self.register_buffer("codebook_sq_norms", squared_norms(cb), persistent=False)
@@ -140,6 +149,18 @@ class SemanticLoss(nn.Module):
         weights = torch.where(cand & (weights.sum(1, keepdim=True) == 0), 1.0, weights)
         return weights / weights.sum(1, keepdim=True)
 
+    def _draw_targets(self, weights: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``[B, n]`` target words, drawn by ``weights`` with replacement; with ``distinct_targets``, without
+        replacement for the images that have at least ``n`` words of non-zero weight."""
+        if not self.distinct_targets:
+            return torch.multinomial(weights, n, replacement=True, generator=generator)
+        enough = (weights > 0).sum(1) >= n
+        picks = torch.empty(weights.shape[0], n, dtype=torch.long)
+        for rows, replacement in ((enough, False), (~enough, True)):
+            if rows.any():
+                picks[rows] = torch.multinomial(weights[rows], n, replacement=replacement, generator=generator)
+        return picks
+
     def _columns(self, required: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Sorted codebook rows the softmax runs over: all, or ``required`` plus sampled negatives."""
         K = self.codebook.shape[0]
@@ -153,7 +174,7 @@ class SemanticLoss(nn.Module):
         weights = self._target_weights(rel, cand)  # [B, K]
         if self.target == "sample":
             # draw the targets first, so only they (not every candidate) need a softmax column
-            picks = torch.multinomial(weights.cpu(), n, replacement=True, generator=generator).to(rel.device)
+            picks = self._draw_targets(weights.cpu(), n, generator).to(rel.device)
             cols = self._columns(picks.reshape(-1), generator)
         else:
             cols = self._columns(cand.any(dim=0).nonzero().squeeze(1), generator)
@@ -185,7 +206,8 @@ class SemanticLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"layers={self.layers}, thresholds={self.thresholds}, temperature={self.temperature}, "
-                f"num_negatives={self.num_negatives}, target={self.target!r}")
+                f"num_negatives={self.num_negatives}, target={self.target!r}, "
+                f"distinct_targets={self.distinct_targets}")
 
 
 @torch.no_grad()

@@ -180,10 +180,11 @@ class SPAETokenizer(pl.LightningModule):
         return int(layers)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, layers: int | None = None) -> TokenPyramid:
-        """Images [B, 3, S, S] in [0, 1] -> the token pyramid (ids and words of layers 1..layers)."""
+    def encode(self, images: torch.Tensor, layers: int | None = None, distinct: bool = False) -> TokenPyramid:
+        """Images [B, 3, S, S] in [0, 1] -> the token pyramid (ids and words of layers 1..layers); `distinct`: no
+        word repeated within a layer of an image (PyramidQuantizer.forward)."""
         layers = self._check_layers(layers)
-        out = self.quantizer(self.encode_latent(self._check_images(images)), num_layers=layers)
+        out = self.quantizer(self.encode_latent(self._check_images(images)), num_layers=layers, distinct=distinct)
         ids = [c.cpu() for c in out.codes]
         return TokenPyramid(ids=ids, words=[self.words_of(c) for c in ids])
 

@@ -128,6 +128,16 @@ def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage
     assert summary["fairness"]["eval_images"] > 0 and "pretraining" in summary["fairness"]
     run_records = list((tmp_path / "runs").rglob("fewshot_eval/*/*.jsonl"))
     assert len(run_records) == 9
+    # what the tokens carry without an LLM, over every rendered episode image, beside the metrics
+    content = results["token_content"]["fewshot_eval"]
+    assert content == summary["token_content"] and set(content) == set(metrics)
+    for c in content.values():
+        assert c["images"] == summary["fairness"]["eval_images"] and 0.0 <= c["class_1nn_accuracy"] <= 1.0
+        assert 0.2 <= c["chance"] < 1.0 and c["tokens_per_image"] in (2, 4) and c["per_layer"][0]["layer"] == 1
+    assert "What the tokens carry (no LLM)" in md and "Top words of 5 images per class" in md
+    assert "| SPAE (2 tokens, layers 1-2) | 2 | " in md.split("What the tokens carry")[1]
+    for name in ("trouser", "dress", "bag", "coat", "sneaker"):
+        assert f"**{name}**" in md.split("Top words of 5 images per class")[1]
 
 
 def test_same_seed_same_episodes_and_accuracies_other_seed_differs(stage_env, tmp_path):

@@ -242,3 +242,61 @@ def test_schedule_weight():
     with pytest.raises(ValueError, match="total_steps"):
         schedule_weight(20, weight=1.0, schedule="cosine_decay", warmup_steps=10)
     assert not math.isnan(schedule_weight(0, weight=1.0, schedule="cosine_decay", total_steps=5))
+
+
+# ------------------------------------------------------------------------------------------ distinct targets
+def few_candidates_relevance() -> torch.Tensor:
+    """Image 0: every word relevant (many candidates); image 1: two words of non-zero weight only."""
+    rel = torch.zeros(2, K)
+    rel[0] = torch.linspace(0.0, 1.0, K)
+    rel[1, 7], rel[1, 9] = 1.0, 0.95
+    return rel
+
+
+def test_distinct_targets_are_drawn_without_replacement_when_an_image_has_enough_candidates(codebook, monkeypatch):
+    drawn = []
+    real = SemanticLoss._draw_targets
+
+    def spy(self, weights, n, generator):
+        picks = real(self, weights, n, generator)
+        drawn.append((weights.clone(), picks))
+        return picks
+
+    monkeypatch.setattr(SemanticLoss, "_draw_targets", spy)
+    loss = loss_fn(codebook, thresholds=[0.5, 0.5], target="sample", num_negatives=16, distinct_targets=True)
+    queries = [torch.randn(2, 1, D), torch.randn(2, 4, D, requires_grad=True)]
+    for seed in range(20):
+        out = loss(queries, few_candidates_relevance(), generator=torch.Generator().manual_seed(seed))
+        assert torch.isfinite(out.loss)
+    assert len(drawn) == 40  # two guided layers per call
+    for weights, picks in drawn:
+        assert bool((weights.gather(1, picks) > 0).all())  # every target is a weighted candidate
+        if picks.shape[1] == 4:
+            assert len(set(picks[0].tolist())) == 4  # 250 candidates: four distinct targets
+            assert set(picks[1].tolist()) <= {7, 9}  # two candidates for four queries: with replacement
+
+
+def test_plain_sampling_repeats_targets_and_the_default_loss_is_unchanged(codebook):
+    rel = few_candidates_relevance()
+    rel[0] = 0.0
+    rel[0, :5] = torch.tensor([1.0, 0.99, 0.98, 0.97, 0.96])  # five candidates of about equal weight
+    weights = SemanticLoss._target_weights(rel, SemanticLoss._candidates(rel, 0.5))
+    default = loss_fn(codebook, target="sample")
+    repeats = 0
+    for seed in range(50):
+        picks = default._draw_targets(weights, 4, torch.Generator().manual_seed(seed))
+        # exactly the draw the loss always made: multinomial with replacement on the step's generator
+        assert torch.equal(picks, torch.multinomial(weights, 4, replacement=True,
+                                                    generator=torch.Generator().manual_seed(seed)))
+        repeats += len(set(picks[0].tolist())) < 4
+    assert repeats > 0  # the premise of the remedy: with replacement, one layer's targets repeat
+    queries = [torch.randn(2, 1, D), torch.randn(2, 4, D)]
+    off = loss_fn(codebook, target="sample", distinct_targets=False)
+    a = default(queries, rel, generator=torch.Generator().manual_seed(3))
+    b = off(queries, rel, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_distinct_targets_must_be_a_bool(codebook):
+    with pytest.raises(ValueError, match="distinct_targets"):
+        loss_fn(codebook, distinct_targets="yes")

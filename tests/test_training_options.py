@@ -48,6 +48,7 @@ AXES: dict[str, list] = {
     "search.precision": list(PRECISIONS),
     "semantic_loss": [False, True],
     "semantic.target": list(TARGET_MODES),
+    "semantic.distinct_targets": [False, True],
     "semantic.schedule": list(SCHEDULES),
     "semantic.num_negatives": [None, 4],
     "semantic.temperature_relative": [False, True],

@@ -12,7 +12,8 @@ Steps:
    (method, cell) under the stage folder, appended as they finish, so an interrupted run resumes where it
    stopped; copies land in the run folder.
 Summary: accuracy with 95% Wilson intervals per method and cell, a Markdown table beside the paper's
-numbers, what the pretraining covered, and the time per episode.
+numbers, what the pretraining covered, the time per episode, and what each method's tokens carry about the
+class without an LLM (`token_content`, spae.fewshot.token_content).
 """
 from __future__ import annotations
 
@@ -223,7 +224,8 @@ def summarize_methods(methods: list, renderings: dict, evaluated: dict, trained:
                                                         "seconds_per_episode": (round(r["seconds"] / r["new"], 3)
                                                                                 if r["new"] else None)}
                                                   for key, r in evaluated[m.slug].items()}}
-        methods_info[m.slug] = {"label": label, "method": m.method, "layers": m.layers, "k": m.k,
+        methods_info[m.slug] = {"label": label, "method": m.method, "layers": m.layers, "k": m.k, "model": m.model,
+                                "distinct": m.distinct,
                                 "tokens_per_image": tokens_per_image(first),
                                 "model_stage": (f"{trained[m.model].name}/{trained[m.model].key}"
                                                 if m.model else None),
@@ -419,15 +421,16 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 
 # ------------------------------------------------------------------------------------------ the stage
 # 3: leading space; 4: choice metric; 5: evaluation sets from eval_data, pretraining sets (fairness) from pretrain_data;
-# 6: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it
-@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=6,
+# 6: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it; 7: token_content
+@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=7,
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
 def fewshot_eval(ctx: StageContext) -> dict:
+    from spae.fewshot import token_content
     from spae.fewshot.methods import parse_compare
     from spae.fewshot.scoring import check_scoring
 
     cfg, bench = ctx.cfg, ctx.cfg["bench"]
-    methods = parse_compare(bench.get("compare"), list((bench.get("methods") or {}).keys()))
+    methods = parse_compare(bench.get("compare"), bench.get("methods") or {})
     incontext.check_prefix_backend(cfg, methods)
     cells, template = cells_from_config(bench), prompt_template(bench)
     scoring = check_scoring(str(bench.get("scoring", "exact")))
@@ -457,9 +460,12 @@ def fewshot_eval(ctx: StageContext) -> dict:
     copied = copy_records(evaluated, ctx.run_dir / "fewshot_eval")
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
+    content, content_md = token_content.report(renderings, {i: label_names[i] for i in indices},
+                                               {slug: info["label"] for slug, info in methods_info.items()})
     log_accuracy(ctx.logger, metrics, methods_info)
-    return {"metrics": metrics, "metric_labels": metric_labels(scoring, choice), "markdown": markdown,
-            "fairness": fairness, "methods": methods_info,
+    return {"metrics": metrics, "metric_labels": metric_labels(scoring, choice),
+            "markdown": markdown + "\n" + content_md, "fairness": fairness, "methods": methods_info,
+            "token_content": content,  # results.json lists it beside the metrics (experiments.run)
             "training": fairness["training"],  # results.json lists it (experiments.run)
             "timing": {**timing, "per_method": per_method_timing}, "prompt": template.name, "scoring": scoring,
             "episodes_per_cell": n_episodes, "episode_seed": seed, "cells": [c.key for c in cells],
