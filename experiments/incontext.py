@@ -1,15 +1,18 @@
 """In-context evaluation shared by every in-context bench (few-shot classification, captioning, VQA; generation
 uses its LLM): the compared methods' models, their renderings, the LLM and the batched answering loop.
 
-1. Models: each compared method's model is trained or reused through its own cached stage, by a nested run of
-   the pipeline with the method swapped in (`train` for SPAE/LQAE, `frozen_train` for Frozen).
+1. Models: each compared method's model is a stage instance the evaluation stage declares (model_needs): the
+   pipeline trains or reuses `train[spae]`, `train[lqae]` (SPAE/LQAE) or `frozen_train[frozen]` (Frozen), each
+   the stage run with bench.methods.<name> as `method`, before the evaluation starts; the stage reads them from
+   its inputs (trained_models).
 2. Renderings: every image the items use, rendered once per method (words, word layers, prefix embeddings).
 3. The LLM backend of cfg["llm"], built once.
 4. Answering (captioning, VQA): per method, every item; prompts and answers appended to a JSONL that a rerun
    resumes. The few-shot bench has its own loop over cells (fewshot_eval.evaluate_methods).
 
-Tests inject models, renderers and LLMs by patching this module's `train_models`, `build_renderers` and
-`build_llm`: every in-context stage reaches them through this module.
+Tests inject models as pipeline substitutes (e.g. {"train[spae]": fake}, see experiments.pipeline.plan_stages),
+and renderers and LLMs by patching this module's `build_renderers` and `build_llm`: every in-context stage
+reaches them through this module.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.clip_relevance import relevance_scorer
-from experiments.pipeline import StageContext, StageResult, run_stages
+from experiments.pipeline import StageContext, StageNeed, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +32,36 @@ MODEL_STAGES = {"tokenizer": "train", "prefix": "frozen_train"}  # method kind -
 
 
 # ------------------------------------------------------------------------------------------ models
-def train_models(ctx: StageContext, methods: list) -> dict[str, StageResult]:
-    """Train (or reuse from the stage cache) the model of every compared method, by a nested pipeline run."""
-    cfg = ctx.cfg
-    out: dict[str, StageResult] = {}
-    for model in sorted({m.model for m in methods if m.model is not None}):
-        spec = cfg["bench"]["methods"][model]
-        target = MODEL_STAGES.get(spec.get("kind"))
-        if target is None:
-            raise ValueError(f"bench.methods.{model} has kind {spec.get('kind')!r}; the few-shot bench knows "
-                             f"{', '.join(MODEL_STAGES)}")
-        variant = {**cfg, "method": spec}
-        log.info("fewshot_eval: model of %s from stage %s (reused if cached, else trained now)", model, target)
-        results = run_stages([target], variant, Path(cfg["paths"]["cache_dir"]), ctx.run_dir, logger=ctx.logger,
-                             force=tuple(cfg.get("force") or ()))
-        out[model] = results[target]
-    return out
+def compared_methods(cfg: dict) -> list:
+    """bench.compare parsed (spae.fewshot.methods.ComparedMethod), checked against bench.methods."""
+    from spae.fewshot.methods import parse_compare
+
+    bench = cfg["bench"]
+    return parse_compare(bench.get("compare"), bench.get("methods") or {})
+
+
+def model_need(cfg: dict, model: str) -> StageNeed:
+    """The stage instance that trains bench.methods.<model>: its kind's stage, with that method as `method`."""
+    spec = cfg["bench"]["methods"][model]
+    target = MODEL_STAGES.get(spec.get("kind"))
+    if target is None:
+        raise ValueError(f"bench.methods.{model} has kind {spec.get('kind')!r}; the few-shot bench knows "
+                         f"{', '.join(MODEL_STAGES)}")
+    return StageNeed(target, model, {"method": spec})
+
+
+def model_needs(cfg: dict) -> list[StageNeed]:
+    """The instances of an in-context evaluation stage: the model of every compared method (CLIP top-k needs
+    none), checked when the run is planned, before anything runs."""
+    methods = compared_methods(cfg)
+    check_prefix_backend(cfg, methods)
+    return [model_need(cfg, model) for model in sorted({m.model for m in methods if m.model is not None})]
+
+
+def trained_models(ctx: StageContext, methods: list) -> dict[str, StageResult]:
+    """{model: the stage result of its training} of every compared method, from the stage's inputs."""
+    return {model: ctx.inputs[model_need(ctx.cfg, model).node]
+            for model in sorted({m.model for m in methods if m.model is not None})}
 
 
 def build_renderers(ctx: StageContext, methods: list, trained: dict[str, StageResult]) -> dict[str, tuple]:
@@ -91,12 +108,13 @@ def render_all(renderers: dict[str, tuple], images: list, indices: list[int], ba
     return out
 
 
-def train_and_render(ctx: StageContext, methods: list, images: list, keys: list, timing: dict) -> tuple[dict, dict]:
+def models_and_renderings(ctx: StageContext, methods: list, images: list, keys: list,
+                          timing: dict) -> tuple[dict, dict]:
     """(each compared model's stage result, {slug: {key: rendering}} of `images`), the seconds each step took
     recorded in `timing` (models_seconds, render_seconds)."""
-    start = time.perf_counter()
-    trained = train_models(ctx, methods)
-    timing["models_seconds"] = round(time.perf_counter() - start, 2)
+    trained = trained_models(ctx, methods)
+    # the models trained for this run (0 where reused), before this stage started
+    timing["models_seconds"] = round(sum(r.seconds for r in trained.values()), 2)
     start = time.perf_counter()
     renderings = render_all(build_renderers(ctx, methods, trained), images, keys,
                             int(ctx.cfg["bench"].get("render_batch_size", 64)))
@@ -225,11 +243,10 @@ def prepare_run(ctx: StageContext, role: str, plan) -> InContextRun:
     """Plan the items, then steps 1-4 of the module docstring; `plan(eval_ds, pool_ds, same_split)` returns the
     items."""
     from spae.data import load_prepared
-    from spae.fewshot.methods import parse_compare, tokens_per_image
+    from spae.fewshot.methods import tokens_per_image
 
     cfg, bench = ctx.cfg, ctx.cfg["bench"]
-    methods = parse_compare(bench.get("compare"), list((bench.get("methods") or {}).keys()))
-    check_prefix_backend(cfg, methods)
+    methods = compared_methods(cfg)
     template = in_context_template(bench)
     timing: dict[str, Any] = {}
     data_spec(cfg, role)  # a clear error when the data setup lacks the role
@@ -242,7 +259,7 @@ def prepare_run(ctx: StageContext, role: str, plan) -> InContextRun:
     log.info("%s: %d items x %d shots, %d distinct images, %d methods", role, len(items),
              int(bench.get("shots", 0)), len(keys), len(methods))
 
-    trained, renderings = train_and_render(ctx, methods, images, keys, timing)
+    trained, renderings = models_and_renderings(ctx, methods, images, keys, timing)
 
     start = time.perf_counter()
     backend = build_llm(cfg)

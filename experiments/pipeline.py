@@ -13,6 +13,15 @@ and a preset that states a default keys equal to one that omits it. A training s
 out of the training stage's key, so a new evaluation set reuses the trained model (the report names the
 sets it was measured on). A stage writes into a stable folder (so an interrupted stage can resume from its
 own checkpoints) and is complete only when its `_SUCCESS.json` marker exists (written atomically last).
+
+A stage may also need other stages once per item of the config (`instances`, e.g. an evaluation stage needs
+`train` once per compared method): each StageNeed names a registered stage, a label and the config variant
+it runs under (top-level keys replaced, e.g. `method` by `bench.methods.<label>`). The planner (plan_stages)
+expands them into nodes `train[spae]`, `frozen_train[frozen]` that run before the stage that needs them, with
+the key and cache folder (`stages/train/<key>`) a run of `train` under the variant config has. An instance's
+own dependencies are planned under the variant too: one whose key equals the plain node's IS that node (one
+`clip`, one `codebook`), one whose key differs becomes its own node (`clip[spae]`). Results, forcing
+(`force=[train]` forces every `train[...]`, `force=[train[lqae]]` that one) and reuse are per node.
 """
 from __future__ import annotations
 
@@ -34,6 +43,19 @@ SUCCESS = "_SUCCESS.json"
 
 
 @dataclass(frozen=True)
+class StageNeed:
+    """One instance of a registered stage that another stage needs: the node `stage[label]`, run under the
+    config with the top-level keys of `variant` replaced (e.g. {"method": bench.methods.<label>})."""
+    stage: str
+    label: str
+    variant: dict = field(default_factory=dict)
+
+    @property
+    def node(self) -> str:
+        return instance_name(self.stage, self.label)
+
+
+@dataclass(frozen=True)
 class StageSpec:
     name: str
     fn: Callable[["StageContext"], dict]
@@ -45,6 +67,8 @@ class StageSpec:
     # cfg -> values computed from the config that decide the output but are no single config path (e.g. the
     # effective batch, devices x nodes x batch size); they join the key beside config_keys
     derived: Callable[[dict], dict] | None = None
+    # cfg -> the stage instances it reads (e.g. each compared method's trained model); their keys join its key
+    instances: Callable[[dict], list[StageNeed]] | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -53,7 +77,7 @@ class StageSpec:
 
 @dataclass
 class StageResult:
-    name: str
+    name: str  # the registered stage (its cache folder: stages/<name>/<key>)
     key: str
     dir: Path
     summary: dict
@@ -63,26 +87,35 @@ class StageResult:
 
 @dataclass
 class StageContext:
-    cfg: dict  # the full resolved config, plain containers
+    cfg: dict  # the full resolved config (an instance's: its variant), plain containers
     out_dir: Path  # this stage's cache folder (stable across reruns: resume from here)
     run_dir: Path  # the run's folder (results, logs)
-    inputs: dict[str, StageResult] = field(default_factory=dict)
+    inputs: dict[str, StageResult] = field(default_factory=dict)  # by dependency name and instance node name
     logger: Any = None  # experiment logger facade (spae.logging_utils.RunLogger) or None
 
     def input_dir(self, name: str) -> Path:
         return self.inputs[name].dir
+
+    def instance(self, stage: str, label: str) -> StageResult:
+        """The result of an instance this stage declared (e.g. ctx.instance("train", "spae"))."""
+        name = instance_name(stage, label)
+        if name not in self.inputs:
+            raise KeyError(f"{name} is not among this stage's inputs ({', '.join(self.inputs) or 'none'}); "
+                           "declare it with the stage's `instances`")
+        return self.inputs[name]
 
 
 STAGES: Registry[StageSpec] = Registry("stage")
 
 
 def stage(name: str, deps: tuple[str, ...] = (), config_keys: tuple[str, ...] = (), version: int = 1,
-          distributed: bool = False, report_deps: tuple[str, ...] = (), derived: Callable[[dict], dict] | None = None):
+          distributed: bool = False, report_deps: tuple[str, ...] = (), derived: Callable[[dict], dict] | None = None,
+          instances: Callable[[dict], list[StageNeed]] | None = None):
     """Decorator that registers a stage function."""
 
     def decorator(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
         STAGES.register(name)(StageSpec(name, fn, tuple(deps), tuple(config_keys), version, distributed,
-                                        tuple(report_deps), derived))
+                                        tuple(report_deps), derived, instances))
         return fn
 
     return decorator
@@ -98,25 +131,8 @@ def select(cfg: dict, dotted: str) -> Any:
     return node
 
 
-def resolve_order(targets: list[str]) -> list[str]:
-    """Topological order of the targets and all their transitive dependencies."""
-    order: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        if name in visiting:
-            raise ValueError(f"stage dependency cycle through {name!r}")
-        visiting.add(name)
-        for dep in STAGES.get(name).inputs:
-            visit(dep)
-        visiting.discard(name)
-        order.append(name)
-
-    for target in targets:
-        visit(target)
-    return order
+def instance_name(stage_name: str, label: str) -> str:
+    return f"{stage_name}[{label}]"
 
 
 def stage_identity(spec: StageSpec, cfg: dict) -> dict:
@@ -128,18 +144,100 @@ def stage_identity(spec: StageSpec, cfg: dict) -> dict:
     return identity
 
 
-def stage_key(spec: StageSpec, cfg: dict, dep_keys: dict[str, str]) -> str:
+def stage_key(spec: StageSpec, cfg: dict, dep_keys: dict[str, str], instance_keys: dict[str, str] | None = None,
+              substitute: str | None = None) -> str:
+    """Hash of the stage's identity and its dependencies' keys (`dep_keys` by stage name), plus the keys of the
+    instances it reads (by node name) and the name of a test substitute: each only when there is one, so the
+    keys of other stages stay as they were."""
     identity = {
         "stage": spec.name,
         "version": spec.version,
         **stage_identity(spec, cfg),
         "deps": {d: dep_keys[d] for d in spec.deps},
     }
+    identity["deps"].update(instance_keys or {})
+    if substitute is not None:  # a test's stand-in never shares a folder with the real stage
+        identity["substitute"] = substitute
     return stable_hash(identity, length=16)
 
 
 def stage_dir(cache_dir: Path, name: str, key: str) -> Path:
     return Path(cache_dir) / "stages" / name / key
+
+
+@dataclass
+class Node:
+    """One stage to run (or reuse) under one config: a plain stage (`train`) or an instance (`train[spae]`)."""
+    name: str
+    spec: StageSpec
+    cfg: dict
+    key: str
+    inputs: dict[str, str]  # what ctx.inputs calls it (dependency or instance) -> node name
+    fn: Callable[[StageContext], dict]
+
+
+class _Planner:
+    """Builds the nodes of a run: plain stages under the run's config, instances under their variants."""
+
+    def __init__(self, cfg: dict, substitutes: dict[str, Callable] | None):
+        self.cfg = cfg
+        self.substitutes = dict(substitutes or {})
+        self.nodes: dict[str, Node] = {}
+        self.visiting: list[str] = []
+
+    def plain(self, name: str) -> Node:
+        if name not in self.nodes:
+            self.nodes[name] = self.build(name, self.cfg, None)
+        return self.nodes[name]
+
+    def instance(self, need: StageNeed, cfg: dict) -> str:
+        node = self.build(need.stage, {**cfg, **need.variant}, need.label)
+        known = self.nodes.setdefault(node.name, node)
+        if known.key != node.key:
+            raise ValueError(f"two stages need {node.name} under different configs; give them different labels")
+        return node.name
+
+    def dependency(self, name: str, cfg: dict, label: str | None) -> str:
+        """Within an instance, a dependency planned under the variant is the plain node where the keys agree."""
+        if label is None:
+            return self.plain(name).name
+        node = self.build(name, cfg, label)
+        if node.key == self.plain(name).key:
+            return name
+        return self.nodes.setdefault(node.name, node).name
+
+    def build(self, stage_name: str, cfg: dict, label: str | None) -> Node:
+        name = stage_name if label is None else instance_name(stage_name, label)
+        if name in self.visiting:
+            raise ValueError(f"stage dependency cycle: {' -> '.join([*self.visiting, name])}")
+        self.visiting.append(name)
+        spec = STAGES.get(stage_name)
+        inputs = {d: self.dependency(d, cfg, label) for d in spec.inputs}
+        needs = spec.instances(cfg) if spec.instances is not None else []
+        inputs.update({need.node: self.instance(need, cfg) for need in needs})
+        self.visiting.pop()
+        fn = self.substitutes.get(name) or self.substitutes.get(stage_name)
+        key = stage_key(spec, cfg, {d: self.nodes[inputs[d]].key for d in spec.deps},
+                        {n: self.nodes[n].key for n in (need.node for need in needs)},
+                        substitute=None if fn is None else f"{fn.__module__}.{fn.__qualname__}")
+        return Node(name, spec, cfg, key, inputs, fn or spec.fn)
+
+
+def plan_stages(targets: list[str], cfg: dict, substitutes: dict[str, Callable] | None = None) -> list[Node]:
+    """Every node the targets need, dependencies (and instances) first. `substitutes` (tests): node or stage
+    name -> a function run instead of the registered one (its key differs, so no real folder is ever reused)."""
+    planner = _Planner(cfg, substitutes)
+    order: dict[str, Node] = {}  # the planner refused cycles: a plain depth-first walk
+
+    def visit(name: str) -> None:
+        if name not in order:
+            for dep in planner.nodes[name].inputs.values():
+                visit(dep)
+            order[name] = planner.nodes[name]
+
+    for target in targets:
+        visit(planner.plain(target).name)
+    return list(order.values())
 
 
 def run_stages(
@@ -149,16 +247,19 @@ def run_stages(
     run_dir: Path,
     logger: Any = None,
     force: tuple[str, ...] = (),
+    substitutes: dict[str, Callable] | None = None,
 ) -> dict[str, StageResult]:
-    """Run (or reuse) the targets and their dependencies in order. Returns results by stage name."""
+    """Run (or reuse) the targets and everything they need, in order. Returns results by node name (`train`,
+    `train[spae]`). `force` names stages (every node of the stage) or nodes; `substitutes`: see plan_stages."""
     results: dict[str, StageResult] = {}
-    keys: dict[str, str] = {}
-    for name in resolve_order(targets):
-        spec = STAGES.get(name)
-        key = stage_key(spec, cfg, keys)
-        keys[name] = key
-        out_dir = stage_dir(cache_dir, name, key)
-        results[name] = _run_one(spec, key, out_dir, cfg, run_dir, results, logger, name in force)
+    for node in plan_stages(targets, cfg, substitutes):
+        out_dir = stage_dir(cache_dir, node.spec.name, node.key)
+        same = next((r for r in results.values() if r.dir == out_dir), None)
+        if same is not None:  # e.g. `train` and `train[spae]` of one config: one folder, run once
+            results[node.name] = StageResult(same.name, same.key, same.dir, same.summary, True, 0.0)
+            continue
+        forced = node.name in force or node.spec.name in force
+        results[node.name] = _run_one(node, out_dir, run_dir, results, logger, forced)
     return results
 
 
@@ -172,32 +273,29 @@ def worker_rank() -> int:
     return 0
 
 
-def _started_by_lightning() -> bool:
-    """Lightning's launcher starts ranks > 0 when rank 0 reaches Trainer.fit (they re-run the same command)."""
-    return "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+def _context(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageResult], logger) -> StageContext:
+    return StageContext(cfg=node.cfg, out_dir=out_dir, run_dir=run_dir,
+                        inputs={name: results[n] for name, n in node.inputs.items()}, logger=logger)
 
 
-def _run_as_worker(spec, key, out_dir, cfg, run_dir, results, logger) -> StageResult | None:
-    """A DDP worker (rank > 0) exists to take part in rank 0's training; rank 0 owns the cache and the outputs.
+def _run_as_worker(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageResult]) -> StageResult | None:
+    """A DDP worker (rank > 0) exists to take part in rank 0's trainings; rank 0 owns the cache and the outputs.
 
-    It never waits on a lock rank 0 may hold while waiting for this very process to join its training (a
-    deadlock otherwise): finished stages are reused; a distributed stage is run alongside rank 0 (which alone
-    writes outputs and marker), then the worker exits; a Lightning-launched worker also enters the unfinished
-    stage that rank 0 is in (it nests the training, e.g. fewshot_eval). Returns None to take the normal path
-    (ranks started together by torchrun/SLURM share the upstream stages through the lock like any process)."""
+    No stage runs another, so rank 0 holds at most the lock of the distributed stage it trains in, which this
+    worker must join, never wait for: finished stages are reused without the lock; a distributed stage is run
+    alongside rank 0 (which alone writes outputs and marker), then the worker exits. Lightning starts workers
+    anew at each Trainer.fit (e.g. `train[spae]`, then `train[lqae]`): each re-runs the command, plans the same
+    nodes, reuses those rank 0 finished and joins the one it trains. Returns None for an unfinished stage that
+    is not distributed: the normal path (torchrun/SLURM ranks start together and share such stages through
+    the lock like any process)."""
     marker = out_dir / SUCCESS
     if marker.exists():
-        return StageResult(spec.name, key, out_dir, read_json(marker)["summary"], True, 0.0)
-    if not spec.distributed and not _started_by_lightning():
+        return StageResult(node.spec.name, node.key, out_dir, read_json(marker)["summary"], True, 0.0)
+    if not node.spec.distributed:
         return None
-    ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir, inputs={d: results[d] for d in spec.inputs},
-                       logger=None)
-    start = time.perf_counter()
-    summary = spec.fn(ctx) or {}
-    if spec.distributed:
-        log.info("rank %d took part in stage %s; rank 0 writes its outputs and runs the rest", worker_rank(), spec.name)
-        raise SystemExit(0)
-    return StageResult(spec.name, key, out_dir, summary, False, time.perf_counter() - start)
+    node.fn(_context(node, out_dir, run_dir, results, None))
+    log.info("rank %d took part in stage %s; rank 0 writes its outputs and runs the rest", worker_rank(), node.name)
+    raise SystemExit(0)
 
 
 def _leave_process_group() -> None:
@@ -209,30 +307,28 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _run_one(spec, key, out_dir, cfg, run_dir, results, logger, force) -> StageResult:
-    marker = out_dir / SUCCESS
+def _run_one(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageResult], logger,
+             force: bool) -> StageResult:
+    spec, key, marker = node.spec, node.key, out_dir / SUCCESS
     if worker_rank() > 0:
-        done = _run_as_worker(spec, key, out_dir, cfg, run_dir, results, logger)
+        done = _run_as_worker(node, out_dir, run_dir, results)
         if done is not None:
             return done
     with file_lock(out_dir.parent / f"{key}.lock"):  # concurrent runs share, never clash
         if marker.exists() and not force:
-            done = read_json(marker)
-            log.info("stage %-12s reused  %s", spec.name, out_dir)
-            return StageResult(spec.name, key, out_dir, done["summary"], True, 0.0)
+            log.info("stage %-12s reused  %s", node.name, out_dir)
+            return StageResult(spec.name, key, out_dir, read_json(marker)["summary"], True, 0.0)
         if force and marker.exists():
             marker.unlink()
         out_dir.mkdir(parents=True, exist_ok=True)
-        log.info("stage %-12s running -> %s", spec.name, out_dir)
-        ctx = StageContext(cfg=cfg, out_dir=out_dir, run_dir=run_dir,
-                           inputs={d: results[d] for d in spec.inputs}, logger=logger)
+        log.info("stage %-12s running -> %s", node.name, out_dir)
         start = time.perf_counter()
-        summary = spec.fn(ctx) or {}
+        summary = node.fn(_context(node, out_dir, run_dir, results, logger)) or {}
         seconds = time.perf_counter() - start
         if spec.distributed:
             _leave_process_group()
-        identity = stage_identity(spec, cfg)
-        write_json_atomic(marker, {"stage": spec.name, "key": key, "seconds": seconds, **identity,
-                                   "summary": summary})
-        log.info("stage %-12s done in %.1fs", spec.name, seconds)
+        identity = stage_identity(spec, node.cfg)
+        write_json_atomic(marker, {"stage": spec.name, "node": node.name, "key": key, "seconds": seconds,
+                                   **identity, "summary": summary})
+        log.info("stage %-12s done in %.1fs", node.name, seconds)
         return StageResult(spec.name, key, out_dir, summary, False, seconds)

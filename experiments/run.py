@@ -175,8 +175,9 @@ def record_invocation(run_dir: Path) -> dict:
     return invocation
 
 
-def execute(cfg: DictConfig) -> Path:
-    """Run a composed config; returns the path of results.json. Usable without the CLI (tests)."""
+def execute(cfg: DictConfig, substitutes: dict | None = None) -> Path:
+    """Run a composed config; returns the path of results.json. Usable without the CLI (tests, which may pass
+    `substitutes`: node or stage name -> a function run instead of that stage, see experiments.pipeline)."""
     check_bench(cfg)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(container, dict)
@@ -205,7 +206,7 @@ def execute(cfg: DictConfig) -> Path:
     with RunLogger.from_config(container, run_dir, identity) as logger:
         targets = list(container["bench"]["stages"])
         results = run_stages(targets, container, Path(container["paths"]["cache_dir"]), run_dir,
-                             logger=logger, force=tuple(container.get("force") or ()))
+                             logger=logger, force=tuple(container.get("force") or ()), substitutes=substitutes)
         metrics, markdown = {}, []
         for name in targets:
             summary = results[name].summary

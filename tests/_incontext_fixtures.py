@@ -1,12 +1,13 @@
-"""Shared by tests/test_captioning_stage.py and tests/test_vqa_stage.py: a tiny captioned VQA dataset in the
-HF on-disk format (COCO-/VQAv2-like columns), and fakes for the models, the CLIP and the codebook/clip stages."""
+"""Shared by the in-context stage tests (captioning, VQA, few-shot): a tiny captioned VQA dataset in the HF
+on-disk format (COCO-/VQAv2-like columns), and fakes for the models, the CLIP and the codebook/clip stages. The
+stages are replaced for one run through the pipeline's `substitutes` (no registry is patched)."""
 from __future__ import annotations
 
 import datasets
 import torch
 from PIL import Image
 
-from experiments.pipeline import STAGES, StageResult, StageSpec
+from experiments.run import execute
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 SHAPES = ("square", "bar")
@@ -56,9 +57,23 @@ def fake_build_renderers(ctx, methods, trained):
     return {m.slug: (words_renderer(m.slug[:2]), 16) for m in methods}
 
 
-def fake_train_models(ctx, methods):
-    return {m.model: StageResult("train", f"fake-{m.model}", ctx.out_dir, {"fake": True}, True, 0.0)
-            for m in methods if m.model}
+def fake_model(ctx):
+    """Stands in for a training stage (`train[spae]`, `frozen_train[frozen]`, ...): the fake renderers need no
+    weights, only the stage result."""
+    return {"fake": True}
+
+
+def no_output(ctx):
+    return {}
+
+
+# the stages a fast in-context test replaces (by stage name: every instance of `train` too)
+FAKE_STAGES = {"codebook": no_output, "clip": no_output, "train": fake_model, "frozen_train": fake_model}
+
+
+def execute_with_fakes(cfg, **more_substitutes):
+    """experiments.run.execute with FAKE_STAGES (and `more_substitutes`) run instead of the real stages."""
+    return execute(cfg, substitutes={**FAKE_STAGES, **more_substitutes})
 
 
 class ColourClip:
@@ -77,14 +92,10 @@ class ColourClip:
 
 
 def install_fakes(monkeypatch):
-    """No codebook/clip stage work, fake models and renderers, the colour CLIP."""
+    """Fake renderers and the colour CLIP (the fake stages come with execute_with_fakes)."""
     import spae.clip.loading
     from experiments import incontext
 
-    noop = lambda ctx: {}  # noqa: E731
-    monkeypatch.setitem(STAGES._items, "codebook", StageSpec("codebook", noop))
-    monkeypatch.setitem(STAGES._items, "clip", StageSpec("clip", noop))
-    monkeypatch.setattr(incontext, "train_models", fake_train_models)
     monkeypatch.setattr(incontext, "build_renderers", fake_build_renderers)
     monkeypatch.setattr(spae.clip.loading, "load_clip_from_stage", lambda stage_dir, cache_dir=None: ColourClip())
 

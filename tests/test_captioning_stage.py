@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from _incontext_fixtures import base_overrides, install_fakes, tiny_captioned_vqa
+from _incontext_fixtures import base_overrides, execute_with_fakes, install_fakes, tiny_captioned_vqa
 from conftest import compose
 
 import experiments.stages  # noqa: F401  (registers the stages)
-from experiments.run import execute
 from tests._backend_spy import count_generate_calls
 from spae.tasks.text_metrics import bleu4, cider_d, rouge_l
 
@@ -35,7 +34,7 @@ def _records(root):
 
 
 def test_caption_bench_scores_every_method_on_the_same_items(caption_cfg, tmp_path):
-    results = json.loads(execute(caption_cfg()).read_text())
+    results = json.loads(execute_with_fakes(caption_cfg()).read_text())
     metrics = results["metrics"]["caption_eval"]
     assert metrics["caption_source"] == "real" and metrics["clip"] == "colour probe"
     assert set(metrics["methods"]) == {"spae-l2", "lqae", "clip_topk-k3"}  # stable ids, display names beside
@@ -71,20 +70,20 @@ def test_caption_bench_scores_every_method_on_the_same_items(caption_cfg, tmp_pa
 def test_templated_captions_are_labelled(caption_cfg, tmp_path):
     # no caption column, a label column: the data adapter templates "a photo of a red" (as easy-VQA's captions
     # are templated); the label reaches results.json and results.md
-    results = json.loads(execute(caption_cfg("data.captioning.caption_column=null",
-                                             "+data.captioning.label_column=colour")).read_text())
+    results = json.loads(execute_with_fakes(caption_cfg("data.captioning.caption_column=null",
+                                                        "+data.captioning.label_column=colour")).read_text())
     assert results["metrics"]["caption_eval"]["caption_source"] == "templated"
     md = next((tmp_path / "runs").rglob("results.md")).read_text()
     assert "TEMPLATED" in md and "BLEU-4 is 0 by construction" not in md  # "a photo of a red": 5 words
 
 
 def test_rerun_reuses_answers_and_more_items_extend_them(caption_cfg, tmp_path, monkeypatch):
-    execute(caption_cfg())
+    execute_with_fakes(caption_cfg())
     before = _records(tmp_path / "cache")
     calls = count_generate_calls(monkeypatch)
-    execute(caption_cfg("force=[caption_eval]"))  # recomputed stage, same folder: every answer reused
+    execute_with_fakes(caption_cfg("force=[caption_eval]"))  # recomputed stage, same folder: every answer reused
     assert sum(calls) == 0 and _records(tmp_path / "cache") == before
-    execute(caption_cfg("bench.items=12", runs="runs2"))  # another stage key: a new folder, all 3 x 12 asked
+    execute_with_fakes(caption_cfg("bench.items=12", runs="runs2"))  # another key: a new folder, all 3 x 12 asked
     assert sum(calls) == 3 * 12
     folders = {p.parent.parent for p in (tmp_path / "cache").rglob("caption_eval/*/records/*.jsonl")}
     assert len(folders) == 2
@@ -96,6 +95,6 @@ def test_rerun_reuses_answers_and_more_items_extend_them(caption_cfg, tmp_path, 
 
 def test_missing_role_and_frozen_without_local_llm_fail_clearly(caption_cfg):
     with pytest.raises(ValueError, match=r"evaluates data\.vqa"):
-        execute(caption_cfg("bench.data_role=vqa"))  # the fixture's data setup has no vqa role
+        execute_with_fakes(caption_cfg("bench.data_role=vqa"))  # the fixture's data setup has no vqa role
     with pytest.raises(ValueError, match="hf_local"):
-        execute(caption_cfg("bench.compare=[{method: frozen}]"))
+        execute_with_fakes(caption_cfg("bench.compare=[{method: frozen}]"))

@@ -1,6 +1,8 @@
 """The stage pipeline in a DDP worker process (rank > 0): it never waits on a stage lock that rank 0 may hold
 while waiting for this very worker to join its training (the deadlock `trainer=ddp` hit), takes part in
-distributed stages without writing their outputs, then exits; rank 0 owns the cache."""
+distributed stages without writing their outputs, then exits; rank 0 owns the cache. No stage runs another:
+the models an evaluation compares are DAG nodes (`model[a]`, `model[b]`), and Lightning starts the workers
+anew for each training, each replanning the run, reusing what rank 0 finished and joining the next training."""
 from __future__ import annotations
 
 import fcntl
@@ -8,7 +10,7 @@ import threading
 
 import pytest
 
-from experiments.pipeline import SUCCESS, STAGES, run_stages, stage, worker_rank
+from experiments.pipeline import SUCCESS, STAGES, StageNeed, run_stages, stage, worker_rank
 
 CALLS: list[str] = []
 
@@ -30,6 +32,17 @@ def _register():
     @stage("ddp_probe_upstream", config_keys=("k",))
     def _upstream(ctx):
         CALLS.append("upstream")
+        return {}
+
+    @stage("ddp_probe_model", deps=("ddp_probe_upstream",), config_keys=("k", "method"), distributed=True)
+    def _model(ctx):
+        CALLS.append(f"model:{ctx.cfg['method']}")
+        return {}
+
+    @stage("ddp_probe_compare", deps=("ddp_probe_upstream",), config_keys=("k", "compare"),
+           instances=lambda cfg: [StageNeed("ddp_probe_model", m, {"method": m}) for m in cfg["compare"]])
+    def _compare(ctx):
+        CALLS.append("compare")
         return {}
 
 
@@ -74,7 +87,7 @@ def test_worker_rank_from_the_launchers(monkeypatch):
 def test_lightning_worker_joins_the_training_rank0_holds_the_lock_of(probes, monkeypatch, tmp_path):
     cfg, cache = probes
     # rank 0 is inside the training stage, holding its lock, waiting for this worker to join
-    from experiments.pipeline import resolve_order, stage_dir, stage_key
+    from experiments.pipeline import plan_stages, stage_dir, stage_key
 
     key = stage_key(STAGES.get("ddp_probe_train"), cfg, {})
     lock_path = stage_dir(cache, "ddp_probe_train", key).parent / f"{key}.lock"
@@ -86,7 +99,7 @@ def test_lightning_worker_joins_the_training_rank0_holds_the_lock_of(probes, mon
     assert isinstance(outcome.get("error"), SystemExit) and outcome["error"].code == 0
     assert CALLS == ["train"], "the worker trains along and exits before any evaluation"
     assert not (stage_dir(cache, "ddp_probe_train", key) / SUCCESS).exists(), "rank 0 alone marks the stage"
-    assert resolve_order(["ddp_probe_eval"]) == ["ddp_probe_train", "ddp_probe_eval"]
+    assert [node.name for node in plan_stages(["ddp_probe_eval"], cfg)] == ["ddp_probe_train", "ddp_probe_eval"]
 
 
 def test_worker_reuses_finished_stages_without_the_lock(probes, monkeypatch, tmp_path):
@@ -132,3 +145,18 @@ def test_rank0_leaves_the_process_group_after_a_distributed_stage(probes, tmp_pa
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_relaunched_worker_reuses_the_finished_training_and_joins_the_next(probes, monkeypatch, tmp_path):
+    """Lightning launches the workers again at rank 0's second Trainer.fit (`model[b]`, after `model[a]`): the
+    worker replans the same nodes, reuses everything rank 0 finished, trains `model[b]` along and exits before
+    the evaluation."""
+    cfg, cache = probes
+    run_stages(["ddp_probe_compare"], {**cfg, "compare": ["a"]}, cache, tmp_path / "run")  # rank 0: model[a] done
+    CALLS.clear()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    outcome = run_in_thread(lambda: run_stages(["ddp_probe_compare"], {**cfg, "compare": ["a", "b"]}, cache,
+                                               tmp_path / "run"))
+    assert isinstance(outcome.get("error"), SystemExit) and outcome["error"].code == 0
+    assert CALLS == ["model:b"], "finished stages reused, the next training joined, no evaluation"
+    assert len(list(cache.glob(f"stages/ddp_probe_model/*/{SUCCESS}"))) == 1, "rank 0 alone marks model[b]"

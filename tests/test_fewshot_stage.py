@@ -11,11 +11,10 @@ import json
 import pytest
 import torch
 from _data_fixtures import tiny_fashion_mnist
+from _incontext_fixtures import execute_with_fakes
 from conftest import compose
 
 import experiments.stages  # noqa: F401  (registers the stages)
-from experiments.pipeline import STAGES, StageResult, StageSpec
-from experiments.run import execute
 from tests._backend_spy import count_generate_calls
 from experiments import incontext
 from spae.fewshot.methods import ComparedMethod, parse_compare, render_images, tokens_per_image
@@ -44,11 +43,6 @@ def _fake_build_renderers(ctx, methods, trained):
     return {m.slug: (_words_renderer(m.slug[:2], 2 if m.layers else 4), 16) for m in methods}
 
 
-def _fake_train_models(ctx, methods):
-    return {m.model: StageResult("train", f"fake-{m.model}", ctx.out_dir, {"fake": True}, True, 0.0)
-            for m in methods if m.model}
-
-
 class FailingDummy(DummyBackend):
     """Dies (like a killed process) after `calls` generate calls."""
 
@@ -66,10 +60,6 @@ class FailingDummy(DummyBackend):
 def stage_env(tmp_path, monkeypatch):
     """Tiny data; fake codebook/clip stages and models; returns a function composing the bench config."""
     fm = tiny_fashion_mnist(tmp_path / "fm", n_train=30, n_test=60)
-    noop = lambda ctx: {}  # noqa: E731
-    monkeypatch.setitem(STAGES._items, "codebook", StageSpec("codebook", noop))
-    monkeypatch.setitem(STAGES._items, "clip", StageSpec("clip", noop))
-    monkeypatch.setattr(incontext, "train_models", _fake_train_models)
     monkeypatch.setattr(incontext, "build_renderers", _fake_build_renderers)
 
     def cfg(*extra: str, cache: str = "cache", runs: str = "runs", data: str = "embedded"):
@@ -99,7 +89,7 @@ def _records(cache_dir):
 
 # ------------------------------------------------------------------------------------------ stage
 def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage_env, tmp_path):
-    results = json.loads(execute(stage_env()).read_text())
+    results = json.loads(execute_with_fakes(stage_env()).read_text())
     metrics = results["metrics"]["fewshot_eval"]
     assert set(metrics) == {"spae-l2", "lqae", "clip_topk-k3"}  # stable ids; the display names beside them
     assert results["method_labels"] == {"spae-l2": "SPAE (2 tokens, layers 1-2)", "lqae": "LQAE (4 tokens, all layers)",
@@ -140,12 +130,37 @@ def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage
         assert f"**{name}**" in md.split("Top words of 5 images per class")[1]
 
 
+def test_models_are_nodes_run_before_the_stage_and_forced_by_stage_or_node_name(stage_env):
+    """The compared models are the DAG's `train[spae]`, `train[lqae]` nodes (substituted here, no registry
+    patched): run before fewshot_eval, listed in results.json, reused, forced by stage or by node name."""
+    trained = []
+
+    def counting_model(ctx):
+        trained.append(ctx.cfg["method"]["name"])  # the node runs under its variant config
+        return {"images_seen": 7}
+
+    first = json.loads(execute_with_fakes(stage_env(), train=counting_model).read_text())
+    order = list(first["stage_seconds"])
+    assert order.index("train[spae]") < order.index("fewshot_eval") and order.index("train[lqae]") < order.index(
+        "fewshot_eval")
+    assert trained == ["lqae", "spae"] and "frozen_train[frozen]" not in order  # bench.compare has no Frozen
+    assert first["training"]["fewshot_eval"]["spae"]["images_seen"] == 7  # the stage read the node's summary
+    trained.clear()
+    again = json.loads(execute_with_fakes(stage_env(), train=counting_model).read_text())
+    assert trained == [] and {"train[spae]", "train[lqae]", "fewshot_eval"} <= set(again["stages_reused"])
+    execute_with_fakes(stage_env("force=[train]"), train=counting_model)
+    assert trained == ["lqae", "spae"]
+    trained.clear()
+    forced = json.loads(execute_with_fakes(stage_env("force=['train[lqae]']"), train=counting_model).read_text())
+    assert trained == ["lqae"] and "train[spae]" in forced["stages_reused"]
+
+
 def test_same_seed_same_episodes_and_accuracies_other_seed_differs(stage_env, tmp_path):
-    first = json.loads(execute(stage_env(cache="a", runs="ra")).read_text())["metrics"]["fewshot_eval"]
-    again = json.loads(execute(stage_env(cache="b", runs="rb")).read_text())["metrics"]["fewshot_eval"]
+    first = json.loads(execute_with_fakes(stage_env(cache="a", runs="ra")).read_text())["metrics"]["fewshot_eval"]
+    again = json.loads(execute_with_fakes(stage_env(cache="b", runs="rb")).read_text())["metrics"]["fewshot_eval"]
     assert first == again
     assert _records(tmp_path / "a") == _records(tmp_path / "b")
-    execute(stage_env("seed=1", cache="c", runs="rc"))
+    execute_with_fakes(stage_env("seed=1", cache="c", runs="rc"))
     ids = lambda root: [(r["classes"], r["target"]) for r in _records(root)["spae-l2/2way-ti-1shot-0rep.jsonl"]]  # noqa: E731
     assert ids(tmp_path / "c") != ids(tmp_path / "a")
 
@@ -153,31 +168,32 @@ def test_same_seed_same_episodes_and_accuracies_other_seed_differs(stage_env, tm
 def test_interrupted_evaluation_resumes_and_matches_an_uninterrupted_run(stage_env, tmp_path, monkeypatch):
     import spae.llm.backends as backends
 
-    reference = json.loads(execute(stage_env(cache="ref", runs="rref")).read_text())["metrics"]["fewshot_eval"]
+    reference = json.loads(execute_with_fakes(stage_env(cache="ref", runs="rref")).read_text())
+    reference = reference["metrics"]["fewshot_eval"]
     real_build = backends.build_backend
     monkeypatch.setattr(backends, "build_backend", lambda spec, loaded=None, cache_dir=None: FailingDummy(4))
     with pytest.raises(KeyboardInterrupt):
-        execute(stage_env())
+        execute_with_fakes(stage_env())
     partial = _records(tmp_path / "cache")
     done = sum(len(r) for r in partial.values())
     assert 0 < done < 9 * 12 and not (_stage_dir(tmp_path / "cache") / "_SUCCESS.json").exists()
     monkeypatch.setattr(backends, "build_backend", real_build)
     calls = count_generate_calls(monkeypatch)
-    resumed = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
+    resumed = json.loads(execute_with_fakes(stage_env()).read_text())["metrics"]["fewshot_eval"]
     assert sum(calls) == 9 * 12 - done  # only the missing episodes ran
     assert resumed == reference
     assert _records(tmp_path / "cache") == _records(tmp_path / "ref")
 
 
 def test_more_episodes_extend_the_finished_ones_and_other_benches_reuse_them(stage_env, tmp_path, monkeypatch):
-    first = json.loads(execute(stage_env()).read_text())
+    first = json.loads(execute_with_fakes(stage_env()).read_text())
     before = _records(tmp_path / "cache")
     calls = count_generate_calls(monkeypatch)
     # another bench config (one cell asks for 20 episodes): only the 3 methods x 8 new episodes run
     grown = CELLS.replace("{n_way: 2, shots: 1, repeats: 0, task_induction: true}",
                           "{n_way: 2, shots: 1, repeats: 0, task_induction: true, episodes: 20}")
     assert grown != CELLS
-    second = json.loads(execute(stage_env(grown, runs="runs2")).read_text())
+    second = json.loads(execute_with_fakes(stage_env(grown, runs="runs2")).read_text())
     assert sum(calls) == 3 * 8
     after = _records(tmp_path / "cache")
     for name, rows in before.items():  # the first 12 episodes are the same episodes with the same answers
@@ -197,12 +213,12 @@ def test_more_episodes_extend_the_finished_ones_and_other_benches_reuse_them(sta
 
 def test_frozen_needs_a_local_llm(stage_env):
     with pytest.raises(ValueError, match="hf_local"):
-        execute(stage_env("bench.compare=[{method: frozen}]"))
+        execute_with_fakes(stage_env("bench.compare=[{method: frozen}]"))
 
 
 def test_prompt_must_be_a_template(stage_env):
     with pytest.raises(ValueError, match=r"prompt@bench.prompt"):
-        execute(stage_env("bench.prompt=qa"))
+        execute_with_fakes(stage_env("bench.prompt=qa"))
 
 
 # ------------------------------------------------------------------------------------------ library
@@ -250,7 +266,7 @@ class WrongWordsRightRanking(DummyBackend):
 
 def test_results_carry_both_metrics_with_their_labels_and_never_swap_them(stage_env, tmp_path, monkeypatch):
     monkeypatch.setattr(incontext, "build_llm", lambda cfg: WrongWordsRightRanking())
-    results = json.loads(execute(stage_env()).read_text())
+    results = json.loads(execute_with_fakes(stage_env()).read_text())
     metrics = results["metrics"]["fewshot_eval"]
     choice_accuracies = []
     for per_cell in metrics.values():
@@ -281,7 +297,7 @@ def test_a_backend_without_loglikelihoods_reports_the_choice_as_unavailable(stag
             return "this server cannot score given continuations"
 
     monkeypatch.setattr(incontext, "build_llm", lambda cfg: NoScores())
-    metrics = json.loads(execute(stage_env()).read_text())["metrics"]["fewshot_eval"]
+    metrics = json.loads(execute_with_fakes(stage_env()).read_text())["metrics"]["fewshot_eval"]
     for per_cell in metrics.values():
         for key, m in per_cell.items():
             if key != "average":
@@ -293,7 +309,7 @@ def test_a_backend_without_loglikelihoods_reports_the_choice_as_unavailable(stag
 
 # ------------------------------------------------------------------------------------------ open world
 def test_default_is_novel_class_with_zero_held_out_images_in_every_training_stage(stage_env, tmp_path):
-    results = json.loads(execute(stage_env()).read_text())
+    results = json.loads(execute_with_fakes(stage_env()).read_text())
     summary = json.loads((_stage_dir(tmp_path / "cache") / "_SUCCESS.json").read_text())["summary"]
     fairness = summary["fairness"]
     assert fairness["world"] == "novel-class" and fairness["images_of_eval_classes_trained_on"] == 0
@@ -310,11 +326,11 @@ def test_held_out_classes_in_pretraining_fail_the_run_before_training(stage_env)
     from spae.data.fairness import FairnessError
 
     with pytest.raises(FairnessError, match="coat"):
-        execute(stage_env("data.pretrain.fashion_mnist.classes=[t-shirt,coat]"))
+        execute_with_fakes(stage_env("data.pretrain.fashion_mnist.classes=[t-shirt,coat]"))
 
 
 def test_closed_world_option_runs_and_is_labelled_closed_world(stage_env, tmp_path):
-    execute(stage_env(data="embedded_closed"))
+    execute_with_fakes(stage_env(data="embedded_closed"))
     summary = json.loads((_stage_dir(tmp_path / "cache") / "_SUCCESS.json").read_text())["summary"]
     assert summary["fairness"]["world"] == "closed-world"
     assert summary["fairness"]["images_of_eval_classes_trained_on"] > 0  # reported, not failed

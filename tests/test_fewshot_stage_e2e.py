@@ -70,3 +70,6 @@ def test_real_stages_train_once_and_the_bench_reuses_them(tmp_path):
     assert not any(m["model_reused"] for m in info.values() if m["model_stage"])
     assert all(m["model_reused"] for m in info2.values() if m["model_stage"])
     assert set(again["metrics"]["fewshot_eval"]) == set(metrics)
+    models = {"train[spae]", "train[lqae]", "frozen_train[frozen]"}  # DAG nodes: timed, then reused
+    assert models <= set(results["stage_seconds"]) - set(results["stages_reused"])
+    assert models <= set(again["stages_reused"])

@@ -1,6 +1,8 @@
 """The generation_eval stage end to end at toy size: a tiny random tokenizer over a random word codebook,
 a tiny random CLIP, the rule-based dummy LLM (which copies the in-context example it matches best), tiny
-labelled images. Checks the results contract, the grids, the counts and resume from saved generations."""
+labelled images. The stage runs through the pipeline, its inputs (the data, the codebook, the tokenizer it
+declares as `train[spae]`) written by substitute stages. Checks the results contract, the grids, the counts
+and resume from saved generations."""
 from __future__ import annotations
 
 import copy
@@ -13,11 +15,12 @@ import torch
 from PIL import Image
 
 import experiments.stages.generation_eval as gen_mod
-from experiments.pipeline import StageContext, StageResult
+from experiments.pipeline import run_stages
 from spae.clip.handle import ClipHandle
+from spae.codebook import Codebook
 from spae.data import save_prepared
 from spae.data.schema import from_columns
-from spae.tokenizer import SPAETokenizer
+from spae.tokenizer import SPAETokenizer, save_tokenizer
 from tests.tokenizer_helpers import TINY_METHOD, TINY_MODEL, random_codebook
 
 CLASSES = ["zero", "one", "two"]
@@ -40,8 +43,6 @@ def setup(tmp_path, monkeypatch):
     emb, words = random_codebook(64, 16)
     tokenizer = SPAETokenizer({"model": copy.deepcopy(TINY_MODEL), "method": copy.deepcopy(TINY_METHOD),
                                "seed": 0, "offline": True}, emb, words, with_perceptual=False).eval()
-    trained = StageResult("train", "tinykey", tmp_path / "train", {}, True, 0.0)
-    monkeypatch.setattr(gen_mod, "train_tokenizer", lambda ctx, method: (tokenizer, trained))
     monkeypatch.setattr(gen_mod, "training_pool", lambda cfg, size: labelled_images(24, 0))
     clip = ClipHandle(model=open_clip.CLIP(**TINY_CLIP).eval(),
                       tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16), image_size=32,
@@ -49,12 +50,10 @@ def setup(tmp_path, monkeypatch):
     import spae.clip.loading
 
     monkeypatch.setattr(spae.clip.loading, "load_clip_from_stage", lambda stage_dir, cache_dir=None: clip)
-    data_dir = tmp_path / "data"
-    save_prepared(labelled_images(12, 1), data_dir, "generation", "digits")
     cfg = {
         "seed": 0, "offline": True, "paths": {"cache_dir": str(tmp_path / "cache")},
         "data": {"name": "tiny", "generation": {"name": "digits"}},
-        "clip": {"name": "tiny", "templates": ["a photo of {word}."]},
+        "clip": {"name": "tiny", "templates": ["a photo of {word}."]}, "trainer": {"batch_size": 2},
         "llm": {"name": "dummy", "backend": "dummy"},
         "bench": {"name": "generation", "compare": ["spae"], "methods": {"spae": {"kind": "tokenizer"}},
                   "layers": 2, "tokens_per_word": 3, "eval_images": 12, "real_images": 12, "fid": "efficientnet_lite0",
@@ -63,18 +62,37 @@ def setup(tmp_path, monkeypatch):
                   "denoising": {"examples": 3, "example_rate_high": 0.6, "example_rate_low": 0.2,
                                 "query_rate": 0.4, "queries": 4}},
     }
-    inputs = {name: StageResult(name, "k", tmp_path / name, {}, True, 0.0) for name in ("codebook", "clip")}
-    inputs["eval_data"] = StageResult("eval_data", "k", data_dir, {}, True, 0.0)
-    return cfg, inputs, tmp_path
+
+    def eval_data(ctx):
+        save_prepared(labelled_images(12, 1), ctx.out_dir, "generation", "digits")
+        return {}
+
+    def codebook(ctx):
+        Codebook(emb, words, torch.arange(len(words)), "random").save(ctx.out_dir)
+        return {}
+
+    def trained_spae(ctx):
+        save_tokenizer(tokenizer, ctx.out_dir)
+        return {}
+
+    # the stages generation_eval reads, written here instead of computed (the CLIP is the loader's, above)
+    substitutes = {"pretrain_data": lambda ctx: {}, "clip": lambda ctx: {}, "eval_data": eval_data,
+                   "codebook": codebook, "train[spae]": trained_spae}
+    return cfg, substitutes, tmp_path
 
 
-def run(cfg, inputs, tmp_path):
-    return gen_mod.generation_eval(StageContext(cfg, tmp_path / "stage", tmp_path / "run", inputs))
+def run(cfg, substitutes, tmp_path, force=()):
+    """The generation_eval node's result (it runs last: after the data, codebook, clip and train[spae] nodes)."""
+    results = run_stages(["generation_eval"], cfg, tmp_path / "cache", tmp_path / "run", force=force,
+                         substitutes=substitutes)
+    assert list(results)[-2:] == ["train[spae]", "generation_eval"]
+    return results["generation_eval"]
 
 
 def test_generation_stage_end_to_end(setup):
-    cfg, inputs, tmp_path = setup
-    out = run(cfg, inputs, tmp_path)
+    cfg, substitutes, tmp_path = setup
+    result = run(cfg, substitutes, tmp_path)
+    out = result.summary
     json.dumps(out)  # the summary is JSON-able
     cc, dn = out["metrics"]["spae"]["class_conditional"], out["metrics"]["spae"]["denoising"]
     assert cc["queries"] == 6 and cc["tokens_per_image"] == 5 and cc["tokens"] == 30
@@ -87,7 +105,7 @@ def test_generation_stage_end_to_end(setup):
     assert 0.0 <= dn["token_accuracy"] <= 1.0 and dn["valid_word_rate"] == 1.0
     assert dn["example_corruption"] == pytest.approx([0.6, 0.4, 0.2])
     for name in ("generation_class_spae.png", "generation_denoise_spae.png"):
-        assert Image.open(tmp_path / "stage" / name).size[0] > 0
+        assert Image.open(result.dir / name).size[0] > 0
         assert (tmp_path / "run" / "generation_eval" / name).is_file()
     assert "FID-style (EfficientNet-lite0 features, not Inception)" in out["markdown"]
     assert "| generated by the LLM |" in out["markdown"]
@@ -96,8 +114,8 @@ def test_generation_stage_end_to_end(setup):
 
 
 def test_generation_stage_resumes_from_saved_generations(setup, monkeypatch):
-    cfg, inputs, tmp_path = setup
-    first = run(cfg, inputs, tmp_path)
+    cfg, substitutes, tmp_path = setup
+    first = run(cfg, substitutes, tmp_path).summary
     calls = []
 
     def no_llm(*args, **kwargs):
@@ -105,21 +123,23 @@ def test_generation_stage_resumes_from_saved_generations(setup, monkeypatch):
         raise AssertionError("saved generations should be reloaded, not regenerated")
 
     monkeypatch.setattr("spae.generation.generate_layers", no_llm)
-    again = run(cfg, inputs, tmp_path)
+    again = run(cfg, substitutes, tmp_path, force=("generation_eval",))
+    assert not again.cached
+    again = again.summary
     assert not calls
     assert again["metrics"]["spae"]["class_conditional"]["valid"] == first["metrics"]["spae"]["class_conditional"]["valid"]
 
 
 def test_generation_stage_rejects_bad_configs(setup):
-    cfg, inputs, tmp_path = setup
+    cfg, substitutes, tmp_path = setup
     bad = copy.deepcopy(cfg)
     bad["bench"]["layers"] = 9
     with pytest.raises(ValueError, match="bench.layers=9"):
-        run(bad, inputs, tmp_path)
+        run(bad, substitutes, tmp_path)
     bad = copy.deepcopy(cfg)
     bad["bench"]["compare"] = ["frozen"]
     with pytest.raises(ValueError, match="needs a tokenizer method"):
-        run(bad, inputs, tmp_path)
+        run(bad, substitutes, tmp_path)
 
 
 def test_compare_entries():

@@ -70,16 +70,18 @@ def test_smoke_bench_cold_then_warm(tmp_path, capsys):
     assert "pretrain_data" in capsys.readouterr().out
 
 
-def test_executed_stages_lists_nested_stages_from_the_cache_markers(tmp_path):
+def test_executed_stages_lists_the_stages_from_the_cache_markers(tmp_path):
     import time
 
     stages = tmp_path / "stages"
-    for stage, key, seconds in [("data", "k1", 3.0), ("train", "k2", 200.0), ("fewshot_eval", "k3", 250.0)]:
+    for stage, node, key, seconds in [("data", None, "k1", 3.0), ("train", "train[spae]", "k2", 200.0),
+                                      ("fewshot_eval", "fewshot_eval", "k3", 250.0)]:
         (stages / stage / key).mkdir(parents=True)
-        (stages / stage / key / "_SUCCESS.json").write_text(json.dumps({"stage": stage, "key": key,
-                                                                        "seconds": seconds}))
+        marker = {"stage": stage, "key": key, "seconds": seconds, **({"node": node} if node else {})}
+        (stages / stage / key / "_SUCCESS.json").write_text(json.dumps(marker))
         time.sleep(0.02)
     found = e2e.executed_stages(tmp_path, since=0.0)
-    assert [(d["stage"], d["seconds"]) for d in found] == [("data", 3.0), ("train", 200.0), ("fewshot_eval", 250.0)]
+    assert [(d["stage"], d["seconds"]) for d in found] == [("data", 3.0), ("train[spae]", 200.0),
+                                                           ("fewshot_eval", 250.0)]
     assert e2e.executed_stages(tmp_path, since=time.time() + 60) == []
     assert e2e.executed_stages(tmp_path / "missing", since=0.0) == []

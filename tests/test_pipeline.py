@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.pipeline import STAGES, resolve_order, run_stages, stage
+from experiments.pipeline import STAGES, plan_stages, run_stages, stage
 
 CALLS: dict[str, int] = {}
 
@@ -32,7 +32,7 @@ def _run(tmp_path, cfg, force=()):
 
 
 def test_order_includes_transitive_dependencies():
-    assert resolve_order(["_t_down"]) == ["_t_up", "_t_mid", "_t_down"]
+    assert [node.name for node in plan_stages(["_t_down"], {})] == ["_t_up", "_t_mid", "_t_down"]
 
 
 def test_identical_rerun_reuses_every_stage(tmp_path):

@@ -4,10 +4,9 @@ every value but null (experiments/config_identity.py); a changed value still cha
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
-from test_stage_keys_eval_data import keys_of, resolved
+from test_stage_keys_eval_data import keys_of, model_keys, resolved
 
 import experiments.config_identity as config_identity
 from spae.config import LossConfig, MethodConfig, ModelConfig, TrainerConfig
@@ -16,32 +15,14 @@ MAIN = ["+bench=mini_imagenet"]  # `make run`
 TOKENIZERS = ("method", "bench.methods.spae", "bench.methods.lqae")  # where a method YAML key lands
 
 
-def nested_training_keys(cfg: dict, monkeypatch) -> dict[str, dict[str, str]]:
-    """The keys of the stages fewshot_eval trains its compared models with (its nested pipeline runs, each with
-    a variant config), recorded instead of run."""
-    from experiments import incontext
-    from experiments.pipeline import StageContext
-    from spae.fewshot.methods import parse_compare
-
-    recorded = {}
-
-    def record(targets, variant, *args, **kwargs):
-        recorded[variant["method"]["name"]] = keys_of(targets, variant)
-        return {t: None for t in targets}
-
-    monkeypatch.setattr(incontext, "run_stages", record)
-    ctx = StageContext(cfg=cfg, out_dir=Path("unused"), run_dir=Path("unused"))
-    incontext.train_models(ctx, parse_compare(cfg["bench"]["compare"], list(cfg["bench"]["methods"])))
-    assert set(recorded) == {"spae", "lqae", "frozen"}
-    return recorded
-
-
-def every_key(cfg: dict, monkeypatch) -> dict:
-    """Every stage key of the main bench (its own DAG and the nested trainings) and the run folder's hash."""
+def every_key(cfg: dict) -> dict:
+    """Every stage key of the main bench (its nodes, the compared models' training instances among them; the
+    models' keys again per model, with their upstream stages) and the run folder's hash."""
     from experiments.run import config_hash
 
-    return {"bench": keys_of(list(cfg["bench"]["stages"]), cfg), "nested": nested_training_keys(cfg, monkeypatch),
-            "run": config_hash(cfg)}
+    nested = model_keys(cfg)
+    assert set(nested) == {"spae", "lqae", "frozen"}
+    return {"bench": keys_of(list(cfg["bench"]["stages"]), cfg), "nested": nested, "run": config_hash(cfg)}
 
 
 def _extended(section: type, name: str, default, **nested) -> type:
@@ -71,13 +52,13 @@ def _add_option(where: str, monkeypatch) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize("where", ["model", "trainer", "method.loss"])
 def test_a_schema_option_added_at_its_default_keeps_every_key(where, monkeypatch, tmp_dirs):
-    before = every_key(resolved([*MAIN, *tmp_dirs]), monkeypatch)
+    before = every_key(resolved([*MAIN, *tmp_dirs]))
     overrides, path = _add_option(where, monkeypatch)
     cfg = resolved([*MAIN, *tmp_dirs, *overrides])
-    assert every_key(cfg, monkeypatch) == before
+    assert every_key(cfg) == before
 
     changed = ([f"{p}.{path}=0.5" for p in TOKENIZERS] if where == "method.loss" else [f"{path}=0.5"])
-    after = every_key(resolved([*MAIN, *tmp_dirs, *overrides, *changed]), monkeypatch)
+    after = every_key(resolved([*MAIN, *tmp_dirs, *overrides, *changed]))
     for model in ("spae", "lqae"):  # the tokenizers read the model's and the method's options: they retrain
         retrained = after["nested"][model]["train"] != before["nested"][model]["train"]
         assert retrained == (where != "trainer")  # of trainer.*, train declares only the keys it reads
@@ -90,27 +71,26 @@ def test_a_schema_option_added_at_its_default_keeps_every_key(where, monkeypatch
     ["+bench.methods.frozen.new_option=null", "+method.new_option=null"],
     ["+trainer.gradient_clip_val=null", "+trainer.accumulate_grad_batches=1"],  # at Lightning's own defaults
 ], ids=["llm", "bench", "data", "frozen", "lightning_args"])
-def test_an_untyped_option_added_as_null_keeps_every_key(overrides, monkeypatch, tmp_dirs):
-    before = every_key(resolved([*MAIN, *tmp_dirs]), monkeypatch)
-    assert every_key(resolved([*MAIN, *tmp_dirs, *overrides]), monkeypatch) == before
+def test_an_untyped_option_added_as_null_keeps_every_key(overrides, tmp_dirs):
+    before = every_key(resolved([*MAIN, *tmp_dirs]))
+    assert every_key(resolved([*MAIN, *tmp_dirs, *overrides])) == before
 
 
-def test_a_changed_untyped_value_changes_the_keys_that_read_it(monkeypatch, tmp_dirs):
-    before = every_key(resolved([*MAIN, *tmp_dirs]), monkeypatch)
-    after = every_key(resolved([*MAIN, *tmp_dirs, "+bench.methods.frozen.new_option=1", "+llm.new_option=1"]),
-                      monkeypatch)
+def test_a_changed_untyped_value_changes_the_keys_that_read_it(tmp_dirs):
+    before = every_key(resolved([*MAIN, *tmp_dirs]))
+    after = every_key(resolved([*MAIN, *tmp_dirs, "+bench.methods.frozen.new_option=1", "+llm.new_option=1"]))
     assert after["nested"]["frozen"]["frozen_train"] != before["nested"]["frozen"]["frozen_train"]
     assert after["nested"]["spae"] == before["nested"]["spae"]  # the tokenizers read neither
     assert after["bench"]["fewshot_eval"] != before["bench"]["fewshot_eval"]
-    clipped = every_key(resolved([*MAIN, *tmp_dirs, "+trainer.gradient_clip_val=0.5"]), monkeypatch)
+    clipped = every_key(resolved([*MAIN, *tmp_dirs, "+trainer.gradient_clip_val=0.5"]))
     for model, stage in (("spae", "train"), ("lqae", "train"), ("frozen", "frozen_train")):
         assert clipped["nested"][model][stage] != before["nested"][model][stage]
 
 
-def test_a_preset_that_states_a_default_keys_equal_to_one_that_omits_it(monkeypatch, tmp_dirs):
-    before = every_key(resolved([*MAIN, *tmp_dirs]), monkeypatch)
+def test_a_preset_that_states_a_default_keys_equal_to_one_that_omits_it(tmp_dirs):
+    before = every_key(resolved([*MAIN, *tmp_dirs]))
     omitted = [f"~{p}.loss.ssim_weight" for p in TOKENIZERS] + [f"~{p}.search" for p in TOKENIZERS]
-    assert every_key(resolved([*MAIN, *tmp_dirs, *omitted, "~trainer.log_every_n_steps"]), monkeypatch) == before
+    assert every_key(resolved([*MAIN, *tmp_dirs, *omitted, "~trainer.log_every_n_steps"])) == before
     # the library builds the same tokenizer from both (the reason the keys may be equal)
     from spae.config import TokenizerConfig
 

@@ -14,24 +14,27 @@ def resolved(overrides: list[str]) -> dict:
 
 
 def keys_of(targets: list[str], cfg: dict) -> dict[str, str]:
-    """Every stage key the pipeline computes for `targets` (run_stages' own order and key function)."""
+    """Every node key the pipeline plans for `targets` (run_stages' own planner), by node name."""
     import experiments.stages  # noqa: F401  (registers the stages)
-    from experiments.pipeline import STAGES, resolve_order, stage_key
+    from experiments.pipeline import plan_stages
 
-    keys: dict[str, str] = {}
-    for name in resolve_order(targets):
-        keys[name] = stage_key(STAGES.get(name), cfg, keys)
-    return keys
+    return {node.name: node.key for node in plan_stages(targets, cfg)}
 
 
-def model_keys(cfg: dict) -> dict[str, dict[str, str]]:
-    """As the few-shot stage trains each compared model: a nested run with bench.methods.<m> as `method`."""
-    out = {}
-    for model, target in (("spae", "train"), ("lqae", "train"), ("frozen", "frozen_train")):
-        variant = {**cfg, "method": cfg["bench"]["methods"][model]}
-        # Frozen's held-out report reads eval_data (a report dependency, run first, not in frozen_train's key)
-        out[model] = {name: key for name, key in keys_of([target], variant).items() if name != "eval_data"}
-    return out
+def model_keys(cfg: dict, target: str = "fewshot_eval") -> dict[str, dict[str, str]]:
+    """{model: {stage: key} of its training instance (`train[spae]`, ...) and every node upstream of it}, as
+    the evaluation stage plans them (each with bench.methods.<model> as `method`)."""
+    import experiments.stages  # noqa: F401  (registers the stages)
+    from experiments.pipeline import plan_stages
+
+    nodes = {node.name: node for node in plan_stages([target], cfg)}
+
+    def upstream(name: str) -> set[str]:
+        return {name}.union(*(upstream(n) for n in nodes[name].inputs.values()))
+
+    # Frozen's held-out report reads eval_data (a report dependency, run first, not in frozen_train's key)
+    return {name[name.index("[") + 1:-1]: {nodes[n].spec.name: nodes[n].key for n in upstream(name) if n != "eval_data"}
+            for name in nodes if "[" in name}
 
 
 @pytest.mark.parametrize("change", [

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from _incontext_fixtures import base_overrides, install_fakes, tiny_captioned_vqa
+from _incontext_fixtures import base_overrides, execute_with_fakes, install_fakes, tiny_captioned_vqa
 from conftest import compose
 
 import experiments.stages  # noqa: F401  (registers the stages)
-from experiments.run import execute
 from spae.tasks.vqa import normalize_answer, vqa_accuracy
 
 
@@ -32,7 +31,7 @@ def _records(root):
 
 
 def test_vqa_bench_scores_the_recorded_answers(vqa_cfg, tmp_path):
-    results = json.loads(execute(vqa_cfg()).read_text())
+    results = json.loads(execute_with_fakes(vqa_cfg()).read_text())
     assert results["task"] == "vqa" and results["dataset"] == "vqav2"
     metrics = results["metrics"]["vqa_eval"]
     assert metrics["metric"] == "vqa_accuracy"
@@ -61,13 +60,14 @@ def test_vqa_bench_scores_the_recorded_answers(vqa_cfg, tmp_path):
 
 def test_one_split_datasets_never_show_the_query_image(vqa_cfg, tmp_path):
     # VQAv2 on the hub has no train split: examples come from the evaluation split, never the query's image
-    results = json.loads(execute(vqa_cfg("data.vqa.train_split=test")).read_text())
+    results = json.loads(execute_with_fakes(vqa_cfg("data.vqa.train_split=test")).read_text())
     assert results["metrics"]["vqa_eval"]["methods"]
     for rows in _records(tmp_path / "cache").values():
         for r in rows:
             assert len(r["prompt"].split("\n")) == 5 and len(r["example_images"]) == 4
             assert r["image"] not in r["example_images"] and all(k.startswith("q") for k in r["example_images"])
-    other = json.loads(execute(vqa_cfg(cache="c2", runs="r2")).read_text())  # separate splits: training images
+    # separate splits: the examples are training images
+    other = json.loads(execute_with_fakes(vqa_cfg(cache="c2", runs="r2")).read_text())
     assert other["metrics"]["vqa_eval"]["methods"]
     assert all(k.startswith("x") for rows in _records(tmp_path / "c2").values() for r in rows for k in r["example_images"])
     md = next((tmp_path / "runs").rglob("results.md")).read_text()
@@ -76,7 +76,7 @@ def test_one_split_datasets_never_show_the_query_image(vqa_cfg, tmp_path):
 
 def test_one_answer_per_question_is_reported_as_exact_match(vqa_cfg, tmp_path):
     # a dataset with one answer per question (as easy-VQA): scored and named exact match, never VQA accuracy
-    results = json.loads(execute(vqa_cfg("data.vqa.reference_answers_column=null")).read_text())
+    results = json.loads(execute_with_fakes(vqa_cfg("data.vqa.reference_answers_column=null")).read_text())
     metrics = results["metrics"]["vqa_eval"]
     assert metrics["metric"] == "exact_match"
     for m in [*metrics["methods"].values(), metrics["answer_prior"]]:

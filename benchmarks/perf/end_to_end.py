@@ -11,10 +11,10 @@ cache and runs folders are fresh folders under ``--workdir`` (default: a new tem
 really starts from nothing and the warm run reuses exactly what the cold run left.
 
 For each run it reports the process's wall time, its peak memory two ways, and each stage's seconds and
-share of the wall time (from results.json's ``stage_seconds``; a reused stage takes 0 s). Stages that run
-inside another stage (e.g. the tokenizer ``train`` stages an evaluation stage trains or reuses) are not in
-``stage_seconds``; a second table lists every stage the run executed, from the cache's ``_SUCCESS.json``
-markers written during it (a nested stage's seconds are also part of its parent's).
+share of the wall time (from results.json's ``stage_seconds``: one entry per node of the run's DAG, the
+compared models' trainings included as ``train[spae]``, ``frozen_train[frozen]``, ...; a reused stage takes
+0 s). A last line per run lists every stage it executed, from the cache's ``_SUCCESS.json`` markers written
+during it (a cross-check of the table, read from the cache).
 
 * ``peak_rss_max_process``: the largest peak RSS of any single process of the tree (``wait4``'s
   ``ru_maxrss``: exact, but misses concurrent children adding up);
@@ -50,7 +50,7 @@ class RunMeasurement:
     run_wall_seconds: float | None = None  # what experiments.run measured around its stages
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stages_reused: list[str] = field(default_factory=list)
-    executed: list[dict] = field(default_factory=list)  # every stage run, nested ones too (cache markers)
+    executed: list[dict] = field(default_factory=list)  # every stage the run executed (cache markers)
 
 
 def main_command(bench: str, cache_dir: Path, runs_dir: Path, overrides: list[str]) -> list[str]:
@@ -101,7 +101,8 @@ def executed_stages(cache_dir: Path | None, since: float) -> list[dict]:
         mtime = marker.stat().st_mtime
         if mtime >= since:
             done = json.loads(marker.read_text())
-            found.append({"stage": done.get("stage", marker.parent.parent.name), "key": done.get("key"),
+            name = done.get("node") or done.get("stage", marker.parent.parent.name)  # e.g. train[spae]
+            found.append({"stage": name, "key": done.get("key"),
                           "seconds": round(float(done.get("seconds", 0.0)), 3), "finished": mtime})
     return sorted(found, key=lambda d: d["finished"])
 
@@ -143,23 +144,25 @@ def side_by_side(cold: RunMeasurement, warm: RunMeasurement) -> str:
     def share(seconds: float, run: RunMeasurement) -> str:
         return f"{100 * seconds / run.wall_seconds:5.1f}%" if run.wall_seconds else "   -  "
 
-    rows = [f"{'stage':<16} {'cold s':>9} {'share':>7} {'warm s':>9} {'share':>7}  warm reused?"]
     stages = list(dict.fromkeys([*cold.stage_seconds, *warm.stage_seconds]))
+    width = max([16, *map(len, stages)])  # node names such as frozen_train[frozen]
+    rows = [f"{'stage':<{width}} {'cold s':>9} {'share':>7} {'warm s':>9} {'share':>7}  warm reused?"]
     for name in stages:
         c, w = cold.stage_seconds.get(name, 0.0), warm.stage_seconds.get(name, 0.0)
-        rows.append(f"{name:<16} {c:9.2f} {share(c, cold):>7} {w:9.2f} {share(w, warm):>7}  "
+        rows.append(f"{name:<{width}} {c:9.2f} {share(c, cold):>7} {w:9.2f} {share(w, warm):>7}  "
                     f"{'yes' if name in warm.stages_reused else 'no'}")
     c_other = cold.wall_seconds - sum(cold.stage_seconds.values())
     w_other = warm.wall_seconds - sum(warm.stage_seconds.values())
-    rows.append(f"{'(startup+report)':<16} {c_other:9.2f} {share(c_other, cold):>7} {w_other:9.2f} "
+    rows.append(f"{'(startup+report)':<{width}} {c_other:9.2f} {share(c_other, cold):>7} {w_other:9.2f} "
                 f"{share(w_other, warm):>7}")
-    rows.append(f"{'wall (process)':<16} {cold.wall_seconds:9.2f} {'100.0%':>7} {warm.wall_seconds:9.2f} {'100.0%':>7}")
+    rows.append(f"{'wall (process)':<{width}} {cold.wall_seconds:9.2f} {'100.0%':>7} {warm.wall_seconds:9.2f} "
+                f"{'100.0%':>7}")
     rows.append(f"{'peak RSS, max process (MB)':<28} cold {cold.peak_rss_max_process_mb:9.1f}   warm "
                 f"{warm.peak_rss_max_process_mb:9.1f}")
     rows.append(f"{'peak RSS, tree sampled (MB)':<28} cold {cold.peak_rss_tree_sampled_mb:9.1f}   warm "
                 f"{warm.peak_rss_tree_sampled_mb:9.1f}")
     for run in (cold, warm):
-        rows.append(f"stages executed by the {run.label} run (nested ones included, from the cache markers): "
+        rows.append(f"stages executed by the {run.label} run (from the cache markers): "
                     + (", ".join(f"{d['stage']} {d['seconds']:.1f}s ({100 * d['seconds'] / run.wall_seconds:.1f}%)"
                                  for d in run.executed) or "none"))
     return "\n".join(rows)

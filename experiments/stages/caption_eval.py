@@ -4,7 +4,7 @@ on the very same items (the shared in-context orchestration: experiments.inconte
 Steps (experiments.incontext.prepare_run does 1-4):
 1. Plan the items (seeded): query images from the evaluation split (data.captioning), each with bench.shots
    (image, caption) examples drawn from the TRAINING split of the same dataset (bench.example_pool rows of it).
-2. Train or reuse each compared model through its own cached stage (nested pipeline run).
+2. Read each compared model from its stage instance (`train[spae]`, ...; incontext.model_needs).
 3. Render every image the items use once per method (words, word layers, or Frozen's prefix embeddings).
 4. Build the LLM once; per method ask every item, appending prompts and answers to <stage>/records/<slug>.jsonl
    as they finish (a rerun resumes); copies land in the run folder.
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 
-from experiments.incontext import (InContextRun, copy_records, data_role, example_rows, methods_info, prepare_run,
-                                  setup_lines, timing_lines)
+from experiments.incontext import (InContextRun, copy_records, data_role, example_rows, methods_info, model_needs,
+                                  prepare_run, setup_lines, timing_lines)
 from experiments.pipeline import StageContext, stage
 
 CAPTION_SOURCE_NOTE = {
@@ -91,7 +91,7 @@ def plan_captions(cfg: dict):
 
 # 3: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it
 @stage("caption_eval", deps=("eval_data", "codebook", "clip"), version=3,  # 2: image words keep their leading space
-       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
+       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"), instances=model_needs)
 def caption_eval(ctx: StageContext) -> dict:
     from spae.tasks.captioning import score_captions
 

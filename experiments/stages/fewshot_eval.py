@@ -4,9 +4,9 @@ method (bench.compare) on the very same episodes, beside the paper's numbers.
 Steps:
 1. Sample each cell's episodes (Frozen's Real-Name protocol, seeded) from the evaluation split
    (data.classification). Every method is evaluated on exactly these episodes.
-2. Train or reuse each compared model through its own cached stage, by a nested run of the pipeline with
-   the method swapped in (`train` for SPAE/LQAE, `frozen_train` for Frozen), so other runs and benches
-   reuse the same models.
+2. Read each compared model from the stage instances it declares (experiments.incontext.model_needs):
+   `train[spae]`, `train[lqae]`, `frozen_train[frozen]`, each its training stage under the method, run (or
+   reused) by the pipeline before this stage, so other runs and benches reuse the same models.
 3. Render every image the episodes use once per method, in batches (words, or prefix embeddings).
 4. Build the LLM backend once and run every (method, cell): prompts and answers go to one JSONL file per
    (method, cell) under the stage folder, appended as they finish, so an interrupted run resumes where it
@@ -423,15 +423,14 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 # 3: leading space; 4: choice metric; 5: evaluation sets from eval_data, pretraining sets (fairness) from pretrain_data;
 # 6: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it; 7: token_content
 @stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=7,
-       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
+       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"),
+       instances=incontext.model_needs)
 def fewshot_eval(ctx: StageContext) -> dict:
     from spae.fewshot import token_content
-    from spae.fewshot.methods import parse_compare
     from spae.fewshot.scoring import check_scoring
 
     cfg, bench = ctx.cfg, ctx.cfg["bench"]
-    methods = parse_compare(bench.get("compare"), bench.get("methods") or {})
-    incontext.check_prefix_backend(cfg, methods)
+    methods = incontext.compared_methods(cfg)
     cells, template = cells_from_config(bench), prompt_template(bench)
     scoring = check_scoring(str(bench.get("scoring", "exact")))
     seed = int(bench["episode_seed"] if bench.get("episode_seed") is not None else cfg.get("seed", 0))
@@ -442,7 +441,7 @@ def fewshot_eval(ctx: StageContext) -> dict:
     log.info("fewshot_eval: %d cells x %d episodes, %d distinct images, %d methods", len(cells), n_episodes,
              len(indices), len(methods))
 
-    trained, renderings = incontext.train_and_render(ctx, methods, images, indices, timing)
+    trained, renderings = incontext.models_and_renderings(ctx, methods, images, indices, timing)
     save_renderings(ctx.out_dir / "renderings", renderings, label_names)
 
     start = time.perf_counter()

@@ -1,7 +1,8 @@
 """Stage `generation_eval`: the paper's progressive in-context generation with a frozen LLM (spae.generation).
 
-For every compared tokenizer (bench.compare; trained or reused by a nested run of the `train` stage, as the
-few-shot bench does), the first `bench.layers` pyramid layers of the images are written as words and:
+For every compared tokenizer (bench.compare; the stage instance `train[<method>]` it declares, trained or
+reused by the pipeline before this stage, as the few-shot bench's models are), the first `bench.layers`
+pyramid layers of the images are written as words and:
 (a) class-conditional generation: in-context examples "class: <name> | layer 1 | layer 2 ..." drawn from
     the training split of data.generation (balanced over classes, a different seeded draw per sample),
     then "class: <target> |"; the LLM writes the layers one after the other;
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from experiments import incontext
-from experiments.pipeline import StageContext, run_stages, stage
+from experiments.pipeline import StageContext, StageNeed, stage
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,19 @@ def generated_layers(bench: dict, tokenizer, override: int | None = None) -> int
 
 
 # ------------------------------------------------------------------------------------------ models and data
-def train_tokenizer(ctx: StageContext, method: str):
-    """The trained tokenizer of bench.methods.<method>, trained now or reused (nested `train` stage)."""
+def tokenizer_needs(cfg: dict) -> list[StageNeed]:
+    """The stage's instances: the `train` stage of every compared tokenizer, with bench.methods.<name> as
+    `method` (checked when the run is planned)."""
+    names = dict.fromkeys(entry["method"] for entry in compared(cfg["bench"]))
+    return [incontext.model_need(cfg, name) for name in names]
+
+
+def trained_tokenizer(ctx: StageContext, method: str):
+    """(the trained tokenizer of bench.methods.<method>, its `train[<method>]` stage result)."""
     from spae.codebook import Codebook
     from spae.tokenizer import load_tokenizer
 
-    cfg = ctx.cfg
-    variant = {**cfg, "method": cfg["bench"]["methods"][method]}
-    result = run_stages(["train"], variant, Path(cfg["paths"]["cache_dir"]), ctx.run_dir, logger=ctx.logger,
-                        force=tuple(cfg.get("force") or ()))["train"]
+    result = ctx.instance("train", method)
     return load_tokenizer(result.dir, Codebook.load(ctx.input_dir("codebook"))), result
 
 
@@ -393,7 +398,8 @@ def markdown(results: dict, fid_label: str, llm: dict, cfg: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ the stage
 @stage("generation_eval", deps=("eval_data", "codebook", "clip"), version=2,  # 2: ids spae-l2 (was spae_l2)
-       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed", "offline"))
+       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed", "offline"),
+       instances=tokenizer_needs)
 def generation_eval(ctx: StageContext) -> dict:
     import torch
 
@@ -424,7 +430,7 @@ def generation_eval(ctx: StageContext) -> dict:
     results, fid_label = {}, ""
     for entry in entries:
         slug = entry["slug"]
-        tokenizer, trained = train_tokenizer(ctx, entry["method"])
+        tokenizer, trained = trained_tokenizer(ctx, entry["method"])
         K = generated_layers(bench, tokenizer, entry["layers"])
         _, pool_words = tokenize(tokenizer, pool_ds["image"], K)
         eval_images, eval_words = tokenize(tokenizer, eval_ds["image"], K)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from experiments.incontext import (InContextRun, copy_records, data_role, example_rows, methods_info, prepare_run,
-                                  setup_lines, timing_lines)
+from experiments.incontext import (InContextRun, copy_records, data_role, example_rows, methods_info, model_needs,
+                                  prepare_run, setup_lines, timing_lines)
 from experiments.pipeline import StageContext, stage
 
 
@@ -68,7 +68,7 @@ def vqa_markdown(cfg: dict, run: InContextRun, metrics: dict, prior: str) -> str
 
 # 3: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it
 @stage("vqa_eval", deps=("eval_data", "codebook", "clip"), version=3,  # 2: all human answers; spaced image words
-       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"))
+       config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"), instances=model_needs)
 def vqa_eval(ctx: StageContext) -> dict:
     from spae.tasks.vqa import score_answers
 
