@@ -124,6 +124,10 @@ def test_stage_compares_methods_on_identical_episodes_and_writes_the_table(stage
     for c in content.values():
         assert c["images"] == summary["fairness"]["eval_images"] and 0.0 <= c["class_1nn_accuracy"] <= 1.0
         assert 0.2 <= c["chance"] < 1.0 and c["tokens_per_image"] in (2, 4) and c["per_layer"][0]["layer"] == 1
+        # the nearest-support reader ran on every cell's own episodes
+        assert set(c["nearest_support"]) == set(summary["cells"])
+        assert all(0.0 <= v["accuracy"] <= 1.0 and v["n"] > 0 for v in c["nearest_support"].values())
+    assert "Nearest-support reader on the same episodes (no LLM)" in md
     assert "What the tokens carry (no LLM)" in md and "Top words of 5 images per class" in md
     assert "| SPAE (2 tokens, layers 1-2) | 2 | " in md.split("What the tokens carry")[1]
     for name in ("trouser", "dress", "bag", "coat", "sneaker"):

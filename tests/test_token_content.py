@@ -87,3 +87,36 @@ def test_report_has_the_table_and_the_per_class_section():
     row = next(line for line in md.splitlines() if line.startswith("| SPAE (5 tokens"))
     assert row == "| SPAE (5 tokens, layers 1-2) | 5 | 100 / 50 | - / 50 | 8 | 21 | 50 |"
     assert "- SPAE (5 tokens, layers 1-2): `x | s s s s`; `x | s t s s`" in md
+
+
+def _episode(support, query):
+    from spae.fewshot.episodes import Episode
+
+    classes = sorted({name for _, name in support})
+    return Episode(support=support, query=query, classes=classes, n_way=len(classes), shots=1, repeats=0,
+                   task_induction=True)
+
+
+def test_nearest_support_reader_on_hand_built_episodes():
+    from spae.fewshot.token_content import nearest_support_accuracy
+
+    episodes = {
+        # query 1 {x,s,t}: support 0 {x,s} (A) Jaccard 2/3 beats support 2 (B) 0: right
+        # query 3 {x,s} (B): support 0 {x,s} (A) Jaccard 1 beats support 2 (B): wrong
+        "cell1": [_episode([(0, "A"), (2, "B")], (1, "A")), _episode([(0, "A"), (2, "B")], (3, "B"))],
+        # query 2 {y,u,v,w,z} shares nothing with either support: the tie splits, credit 1/2
+        "cell2": [_episode([(1, "A"), (3, "B")], (2, "B"))],
+    }
+    out = nearest_support_accuracy({"spae-l2": PYRAMID}, episodes)["spae-l2"]
+    assert out["cell1"] == {"accuracy": 0.5, "n": 2}
+    assert out["cell2"] == {"accuracy": 0.5, "n": 1}
+    embeddings = {i: torch.tensor([[1.0, 0.0]]) if LABELS[i] == "A" else torch.tensor([[0.0, 1.0]]) for i in PYRAMID}
+    assert nearest_support_accuracy({"frozen": embeddings}, episodes)["frozen"]["cell1"]["accuracy"] == 1.0
+
+
+def test_report_adds_the_nearest_support_table_when_given_episodes():
+    episodes = {"2way": [_episode([(0, "A"), (2, "B")], (1, "A"))]}
+    content, markdown = report({"spae-l2": PYRAMID}, LABELS, {"spae-l2": "SPAE"}, episodes)
+    assert content["spae-l2"]["nearest_support"] == {"2way": {"accuracy": 1.0, "n": 1}}
+    assert "Nearest-support reader on the same episodes (no LLM)" in markdown and "| SPAE | 100 |" in markdown
+    assert "nearest_support" not in report({"spae-l2": PYRAMID}, LABELS, {"spae-l2": "SPAE"})[0]["spae-l2"]

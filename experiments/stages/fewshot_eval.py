@@ -421,8 +421,9 @@ def markdown_report(metrics_for_table: dict, cfg: dict, methods_info: dict, fair
 
 # ------------------------------------------------------------------------------------------ the stage
 # 3: leading space; 4: choice metric; 5: evaluation sets from eval_data, pretraining sets (fairness) from pretrain_data;
-# 6: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it; 7: token_content
-@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=7,
+# 6: per-method metrics keyed by the method's stable id (spae-l2, ...), its display label beside it; 7: token_content;
+# 8: the nearest-support reader per cell
+@stage("fewshot_eval", deps=("eval_data", "pretrain_data", "codebook", "clip"), version=8,
        config_keys=("bench", "llm", "model", "codebook", "clip", "data", "trainer", "seed"),
        instances=incontext.model_needs)
 def fewshot_eval(ctx: StageContext) -> dict:
@@ -460,7 +461,8 @@ def fewshot_eval(ctx: StageContext) -> dict:
     markdown = markdown_report(for_table, cfg, methods_info, fairness, per_method_timing, template.name, scoring,
                                n_episodes, backend.describe(), metrics)
     content, content_md = token_content.report(renderings, {i: label_names[i] for i in indices},
-                                               {slug: info["label"] for slug, info in methods_info.items()})
+                                               {slug: info["label"] for slug, info in methods_info.items()},
+                                               episodes)
     log_accuracy(ctx.logger, metrics, methods_info)
     return {"metrics": metrics, "metric_labels": metric_labels(scoring, choice),
             "markdown": markdown + "\n" + content_md, "fairness": fairness, "methods": methods_info,

@@ -11,6 +11,10 @@ of prefix embeddings) and the images' class names:
   expected accuracy of a random tie-break, deterministic and blind to the images' order. It estimates what an
   ideal in-context reader could get from the tokens alone.
 `class_examples` lists the first images' words per class (layers separated by " | ").
+`nearest_support_accuracy` is the same reader on the bench's own episodes: each query takes the class of the
+support image most similar to it (the same similarities; ties split), so it sees exactly the shots the LLM sees.
+The gap between it and the LLM's accuracy is what the in-context reader loses; the gap between it and chance is
+what the tokens carry at that number of shots.
 """
 from __future__ import annotations
 
@@ -144,6 +148,52 @@ def class_examples(renderings: Mapping[str, Mapping[Any, Any]], labels: Mapping[
     return out
 
 
+# ------------------------------------------------------------------------------------------ episodes
+def pair_similarity(a: Any, b: Any) -> float:
+    """Jaccard similarity of two word renderings' word sets, or cosine of two embedding renderings."""
+    if isinstance(a, torch.Tensor):
+        return float(cosine_matrix([a, b])[0, 1])
+    words_a = {w for layer in as_layers(a) for w in layer}
+    words_b = {w for layer in as_layers(b) for w in layer}
+    union = words_a | words_b
+    return len(words_a & words_b) / len(union) if union else 0.0
+
+
+def episode_credit(rendered: Mapping[Any, Any], episode: Any) -> float:
+    """1 when the support image most similar to the query shows the query's class; tied supports split it."""
+    query_index, target = episode.query
+    scores = [(pair_similarity(rendered[query_index], rendered[i]), name) for i, name in episode.support]
+    best = max(score for score, _ in scores)
+    tied = [name for score, name in scores if score == best]
+    return sum(name == target for name in tied) / len(tied)
+
+
+def nearest_support_accuracy(renderings: Mapping[str, Mapping[Any, Any]], episodes: Mapping[str, Sequence[Any]]
+                             ) -> dict[str, dict[str, dict]]:
+    """{method slug: {cell key: {"accuracy", "n"}}}: the nearest-support reader on every cell's episodes
+    (spae.fewshot.episodes.Episode: support [(image index, class)], query (image index, class))."""
+    out: dict[str, dict[str, dict]] = {}
+    for slug, rendered in renderings.items():
+        out[slug] = {}
+        for cell_key, eps in episodes.items():
+            credits = [episode_credit(rendered, e) for e in eps]
+            out[slug][cell_key] = {"accuracy": sum(credits) / len(credits) if credits else None, "n": len(credits)}
+    return out
+
+
+def nearest_support_markdown(per_cell: dict[str, dict[str, dict]], display: Mapping[str, str]) -> str:
+    """The table "Nearest-support reader on the same episodes (no LLM)": accuracy % per method and cell."""
+    cells = list(next(iter(per_cell.values()), {}))
+    lines = ["#### Nearest-support reader on the same episodes (no LLM)", "",
+             "Each query gets the class of its most similar support image (Jaccard of word sets; cosine of "
+             "embeddings for prefix methods; ties split): what the tokens alone give with exactly the LLM's shots. "
+             "Accuracy %; compare with the LLM's exact match and constrained choice above.", "",
+             "| method | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
+    for slug, row in per_cell.items():
+        lines.append(f"| {display.get(slug, slug)} | " + " | ".join(_percent(row[c]["accuracy"]) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------ report
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}"
@@ -184,15 +234,21 @@ def examples_markdown(examples: dict[str, dict[str, list[str]]], display: Mappin
     return "\n".join(lines)
 
 
-def report(renderings: Mapping[str, Mapping[Any, Any]], labels: Mapping[Any, str], display: Mapping[str, str]
-           ) -> tuple[dict[str, dict], str]:
-    """(token_content of every method, the Markdown of its table and of the per-class examples)."""
+def report(renderings: Mapping[str, Mapping[Any, Any]], labels: Mapping[Any, str], display: Mapping[str, str],
+           episodes: Mapping[str, Sequence[Any]] | None = None) -> tuple[dict[str, dict], str]:
+    """(token_content of every method, the Markdown of its table, of the nearest-support reader on `episodes`
+    (each method's entry gets "nearest_support": {cell key: {"accuracy", "n"}}) and of the per-class examples)."""
     content = token_content(renderings, labels)
-    markdown = token_content_markdown(content, display) + "\n" + examples_markdown(class_examples(renderings, labels),
-                                                                                    display)
-    return content, markdown
+    markdown = token_content_markdown(content, display) + "\n"
+    if episodes:
+        per_cell = nearest_support_accuracy(renderings, episodes)
+        for slug, cells in per_cell.items():
+            content[slug]["nearest_support"] = cells
+        markdown += nearest_support_markdown(per_cell, display) + "\n"
+    return content, markdown + examples_markdown(class_examples(renderings, labels), display)
 
 
-__all__ = ["as_layers", "chance_level", "class_examples", "cosine_matrix", "examples_markdown", "jaccard_matrix",
-           "layer_stats", "method_token_content", "nearest_neighbour_accuracy", "report", "show_words", "token_content",
-           "token_content_markdown"]
+__all__ = ["as_layers", "chance_level", "class_examples", "cosine_matrix", "episode_credit", "examples_markdown",
+           "jaccard_matrix", "layer_stats", "method_token_content", "nearest_neighbour_accuracy",
+           "nearest_support_accuracy", "nearest_support_markdown", "pair_similarity", "report", "show_words",
+           "token_content", "token_content_markdown"]
