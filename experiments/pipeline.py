@@ -252,14 +252,16 @@ def run_stages(
     """Run (or reuse) the targets and everything they need, in order. Returns results by node name (`train`,
     `train[spae]`). `force` names stages (every node of the stage) or nodes; `substitutes`: see plan_stages."""
     results: dict[str, StageResult] = {}
-    for node in plan_stages(targets, cfg, substitutes):
+    nodes = plan_stages(targets, cfg, substitutes)
+    for i, node in enumerate(nodes):
         out_dir = stage_dir(cache_dir, node.spec.name, node.key)
         same = next((r for r in results.values() if r.dir == out_dir), None)
         if same is not None:  # e.g. `train` and `train[spae]` of one config: one folder, run once
             results[node.name] = StageResult(same.name, same.key, same.dir, same.summary, True, 0.0)
             continue
         forced = node.name in force or node.spec.name in force
-        results[node.name] = _run_one(node, out_dir, run_dir, results, logger, forced)
+        trainings_follow = any(n.spec.distributed for n in nodes[i + 1:])
+        results[node.name] = _run_one(node, out_dir, run_dir, results, logger, forced, trainings_follow)
     return results
 
 
@@ -278,22 +280,42 @@ def _context(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageR
                         inputs={name: results[n] for name, n in node.inputs.items()}, logger=logger)
 
 
-def _run_as_worker(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageResult]) -> StageResult | None:
+def _keeps_ranks(trainings_follow: bool) -> bool:
+    """True when this run's ranks stay together for a next distributed stage: torchrun/SLURM ranks with a
+    training still to come. They keep the process group too (Lightning reuses an initialised one): a fresh
+    rendezvous on the same port after destroying the group hung or reset connections in tests here."""
+    return trainings_follow and not _relaunched_at_each_fit()
+
+
+def _relaunched_at_each_fit() -> bool:
+    """Lightning's own launcher starts ranks > 0 anew at each Trainer.fit (they re-run the same command, with
+    LOCAL_RANK only); torchrun (RANK) and SLURM (SLURM_PROCID) start every rank once, for the whole run."""
+    return "RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+
+
+def _run_as_worker(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageResult],
+                   trainings_follow: bool = False) -> StageResult | None:
     """A DDP worker (rank > 0) exists to take part in rank 0's trainings; rank 0 owns the cache and the outputs.
 
     No stage runs another, so rank 0 holds at most the lock of the distributed stage it trains in, which this
     worker must join, never wait for: finished stages are reused without the lock; a distributed stage is run
-    alongside rank 0 (which alone writes outputs and marker), then the worker exits. Lightning starts workers
-    anew at each Trainer.fit (e.g. `train[spae]`, then `train[lqae]`): each re-runs the command, plans the same
-    nodes, reuses those rank 0 finished and joins the one it trains. Returns None for an unfinished stage that
-    is not distributed: the normal path (torchrun/SLURM ranks start together and share such stages through
-    the lock like any process)."""
+    alongside rank 0 (which alone writes outputs and marker). Lightning starts workers anew at each
+    Trainer.fit (e.g. `train[spae]`, then `train[lqae]`): each re-runs the command, plans the same nodes, reuses
+    those rank 0 finished, joins the one it trains and exits. A rank that torchrun or SLURM started once for the
+    whole run instead stays for the next distributed stage while one follows (`trainings_follow`), and exits
+    after the last: rank 0 would otherwise wait in its next training for a worker that had left. Returns None
+    for an unfinished stage that is not distributed: the normal path (ranks started together share such stages
+    through the lock like any process)."""
     marker = out_dir / SUCCESS
     if marker.exists():
         return StageResult(node.spec.name, node.key, out_dir, read_json(marker)["summary"], True, 0.0)
     if not node.spec.distributed:
         return None
+    start = time.perf_counter()
     node.fn(_context(node, out_dir, run_dir, results, None))
+    if _keeps_ranks(trainings_follow):  # the next training reuses this process group (see _keeps_ranks)
+        log.info("rank %d took part in stage %s; it stays for the next training", worker_rank(), node.name)
+        return StageResult(node.spec.name, node.key, out_dir, {}, False, time.perf_counter() - start)
     log.info("rank %d took part in stage %s; rank 0 writes its outputs and runs the rest", worker_rank(), node.name)
     raise SystemExit(0)
 
@@ -308,10 +330,10 @@ def _leave_process_group() -> None:
 
 
 def _run_one(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageResult], logger,
-             force: bool) -> StageResult:
+             force: bool, trainings_follow: bool = False) -> StageResult:
     spec, key, marker = node.spec, node.key, out_dir / SUCCESS
     if worker_rank() > 0:
-        done = _run_as_worker(node, out_dir, run_dir, results)
+        done = _run_as_worker(node, out_dir, run_dir, results, trainings_follow)
         if done is not None:
             return done
     with file_lock(out_dir.parent / f"{key}.lock"):  # concurrent runs share, never clash
@@ -325,7 +347,7 @@ def _run_one(node: Node, out_dir: Path, run_dir: Path, results: dict[str, StageR
         start = time.perf_counter()
         summary = node.fn(_context(node, out_dir, run_dir, results, logger)) or {}
         seconds = time.perf_counter() - start
-        if spec.distributed:
+        if spec.distributed and not _keeps_ranks(trainings_follow):
             _leave_process_group()
         identity = stage_identity(spec, node.cfg)
         write_json_atomic(marker, {"stage": spec.name, "node": node.name, "key": key, "seconds": seconds,

@@ -160,3 +160,24 @@ def test_a_relaunched_worker_reuses_the_finished_training_and_joins_the_next(pro
     assert isinstance(outcome.get("error"), SystemExit) and outcome["error"].code == 0
     assert CALLS == ["model:b"], "finished stages reused, the next training joined, no evaluation"
     assert len(list(cache.glob(f"stages/ddp_probe_model/*/{SUCCESS}"))) == 1, "rank 0 alone marks model[b]"
+
+
+@pytest.mark.parametrize("launcher, env, joined", [
+    ("torchrun", {"RANK": "1", "LOCAL_RANK": "1"}, ["model:a", "model:b"]),
+    ("slurm", {"SLURM_PROCID": "1"}, ["model:a", "model:b"]),
+    ("lightning", {"LOCAL_RANK": "1"}, ["model:a"]),
+])
+def test_a_worker_started_once_stays_for_every_training(probes, monkeypatch, tmp_path, launcher, env, joined):
+    """torchrun and SLURM start each rank once for the whole run: a worker joins `model[a]`, then stays for
+    `model[b]` (rank 0's second training would otherwise wait for it forever) and exits before the evaluation.
+    Lightning's launcher starts workers anew at each fit, so its worker leaves after the training it joined."""
+    cfg, cache = probes
+    run_stages(["ddp_probe_upstream"], cfg, cache, tmp_path / "run")  # rank 0 finished the upstream stage
+    CALLS.clear()
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    outcome = run_in_thread(lambda: run_stages(["ddp_probe_compare"], {**cfg, "compare": ["a", "b"]}, cache,
+                                               tmp_path / "run"))
+    assert isinstance(outcome.get("error"), SystemExit) and outcome["error"].code == 0, launcher
+    assert CALLS == joined, launcher
+    assert not list(cache.glob(f"stages/ddp_probe_model/*/{SUCCESS}")), "rank 0 alone marks the trainings"
