@@ -40,6 +40,11 @@ def compared_methods(cfg: dict) -> list:
     return parse_compare(bench.get("compare"), bench.get("methods") or {})
 
 
+def compared_models(methods: list) -> list[str]:
+    """The bench.methods keys whose trained models the compared methods read (CLIP top-k reads none), sorted."""
+    return sorted({m.model for m in methods if m.model is not None})
+
+
 def model_need(cfg: dict, model: str) -> StageNeed:
     """The stage instance that trains bench.methods.<model>: its kind's stage, with that method as `method`."""
     spec = cfg["bench"]["methods"][model]
@@ -55,13 +60,12 @@ def model_needs(cfg: dict) -> list[StageNeed]:
     none), checked when the run is planned, before anything runs."""
     methods = compared_methods(cfg)
     check_prefix_backend(cfg, methods)
-    return [model_need(cfg, model) for model in sorted({m.model for m in methods if m.model is not None})]
+    return [model_need(cfg, model) for model in compared_models(methods)]
 
 
 def trained_models(ctx: StageContext, methods: list) -> dict[str, StageResult]:
     """{model: the stage result of its training} of every compared method, from the stage's inputs."""
-    return {model: ctx.inputs[model_need(ctx.cfg, model).node]
-            for model in sorted({m.model for m in methods if m.model is not None})}
+    return {model: ctx.inputs[model_need(ctx.cfg, model).node] for model in compared_models(methods)}
 
 
 def build_renderers(ctx: StageContext, methods: list, trained: dict[str, StageResult]) -> dict[str, tuple]:
